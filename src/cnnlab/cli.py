@@ -1,0 +1,156 @@
+"""The ``cnnlab`` command line. Bad input exits 2 with one paragraph and no traceback; a failure
+while running exits 1."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from .errors import RunFailure, UserError
+
+
+def _cmd_run(a: argparse.Namespace) -> None:
+    from .runner import run
+
+    run(a.experiment, overrides=a.set, runs_dir=a.runs_dir, quiet=a.quiet)
+
+
+def _cmd_resume(a: argparse.Namespace) -> None:
+    from .runner import resume
+
+    resume(a.run_dir, quiet=a.quiet)
+
+
+def _cmd_evaluate(a: argparse.Namespace) -> None:
+    from .runner import evaluate
+
+    out = evaluate(a.run_dir, checkpoint=a.checkpoint, overrides=a.set, splits=a.split, quiet=a.json)
+    if a.json:
+        print(json.dumps(out, indent=2))
+
+
+def _cmd_predict(a: argparse.Namespace) -> None:
+    from .runner import predict
+
+    out = predict(a.run_dir, a.images, checkpoint=a.checkpoint, k=a.top, quiet=a.json)
+    if a.json:
+        print(json.dumps(out, indent=2))
+
+
+def _cmd_runs(a: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import rundir as rd
+
+    root = Path(a.runs_dir)
+    rows = []
+    for status_file in sorted(root.glob(f"*/*/{rd.STATUS}")):
+        d = status_file.parent
+        st = rd.read_status(d)
+        hist = rd.read_history(d)
+        vals = [h["val_acc"] for h in hist if h.get("val_acc") is not None]
+        m = rd.read_json(d / rd.METRICS) if (d / rd.METRICS).exists() else {}
+        test = m.get("test", {}).get("accuracy")
+        rows.append((st.get("name", d.parent.name), st.get("started", d.name)[:19].replace("T", " "),
+                     st.get("dataset", "?"), st.get("model", "?"), f"{max(vals):.4f}" if vals else "-",
+                     f"{test:.4f}" if test is not None else "-", st.get("status", "?"), str(d)))
+    if not rows:
+        print(f"no runs under {root}/ (start one with `cnnlab run EXPERIMENT.toml`).")
+        return
+    table = Table(title=f"runs in {root}/")
+    for col in ("name", "date", "data set", "model", "best val acc", "test acc", "status", "directory"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(*r)
+    Console().print(table)
+
+
+def _cmd_models(a: argparse.Namespace) -> None:
+    from .models import describe_models
+
+    for name, summary, keys in describe_models():
+        print(f"{name}: {summary}")
+        for key, (typ, default) in keys.items():
+            print(f"    {key} = {default!r}  ({typ})")
+
+
+def _cmd_datasets(a: argparse.Namespace) -> None:
+    from .data import DATASETS
+
+    for e in DATASETS:
+        print(f"{e.name}: {e.summary}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cnnlab", description="Image-classification experiments from one TOML file.")
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"cnnlab {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sets = dict(action="append", default=[], metavar="KEY.PATH=VALUE", help="override a config key (value parsed as TOML)")
+    r = add("run", _cmd_run, "train, evaluate and write a run directory")
+    r.add_argument("experiment", help="experiment .toml file (or a run's config.toml)")
+    r.add_argument("--set", **sets)
+    r.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+    r = add("resume", _cmd_resume, "continue an interrupted run from its last checkpoint")
+    r.add_argument("run_dir")
+    r.add_argument("-q", "--quiet", action="store_true")
+
+    r = add("evaluate", _cmd_evaluate, "metrics of a run's checkpoint on any split or data set")
+    r.add_argument("run_dir")
+    r.add_argument("--checkpoint", default="best", help="best, last or a checkpoint path")
+    r.add_argument("--set", **sets)
+    r.add_argument("--split", action="append", choices=["train", "val", "test"], help="splits to evaluate (default: all)")
+    r.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    r = add("predict", _cmd_predict, "class and top-k probabilities per image")
+    r.add_argument("run_dir")
+    r.add_argument("images", nargs="+")
+    r.add_argument("--checkpoint", default="best")
+    r.add_argument("--top", type=int, default=3, help="how many classes to show per image")
+    r.add_argument("--json", action="store_true")
+
+    r = add("runs", _cmd_runs, "list runs: name, date, data set, model, best val and test accuracy")
+    r.add_argument("--runs-dir", default="runs")
+    add("models", _cmd_models, "list the model registry with each model's keys")
+    add("datasets", _cmd_datasets, "list the data set registry")
+    return p
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)  # argparse exits 2 itself on bad arguments
+    warnings.showwarning = _warning_line
+    try:
+        args.fn(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RunFailure as e:
+        print(f"failed: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

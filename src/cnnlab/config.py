@@ -1,0 +1,302 @@
+"""Typed experiment configuration: one pydantic model per concern, validated when loaded.
+
+A config file is TOML. ``load_config(path, overrides)`` parses it, applies ``--set key.path=value``
+overrides (values parsed as TOML), validates every section (unknown keys and wrong types fail
+with the file, the key path and what is allowed), and validates the keys that belong to the
+chosen model, scheduler and loss against those entries' own parameter models.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import UserError
+
+
+class Strict(BaseModel):
+    """Base for config sections: unknown keys are errors, types are not coerced loosely."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Open(BaseModel):
+    """A section whose extra keys belong to a registry entry (model, scheduler, loss)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+# ---------------------------------------------------------------------------------------- data
+class AugmentConfig(Strict):
+    crop_padding: int = Field(0, ge=0, description="random crop after zero padding of this many pixels; 0 = off")
+    hflip: bool = Field(False, description="random horizontal flip with probability 0.5")
+
+
+class DataConfig(Strict):
+    dataset: str = "digits"
+    root: str = Field("data", description="where named data sets' files live or are downloaded")
+    path: str | None = Field(None, description="imagefolder source: a directory or .tar/.tar.gz/.zip")
+    download: bool = Field(True, description="download missing files through torchvision when online")
+    classes: list[int] | list[str] | None = Field(None, description="class subset by index or name, relabelled in this order")
+    per_class: int | None = Field(None, gt=0, description="random sample of this many images per class")
+    pool_splits: bool = Field(False, description="merge the official train and test splits before sampling")
+    test_fraction: float | None = Field(None, gt=0, lt=1, description="stratified test split; None = the official test split, else 0.2")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="stratified share of the training part held out for validation")
+    image_size: int | None = Field(None, gt=0, description="resize images to this size (square)")
+    normalize: Literal["dataset", "half", "imagenet", "none"] = "dataset"
+    sampler: Literal["random", "balanced"] = Field("random", description="balanced = oversample rare classes")
+    on_bad_image: Literal["error", "skip"] = "error"
+    cache: bool = Field(True, description="cache decoded images as uint8 arrays")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+# --------------------------------------------------------------------------------------- model
+class ModelConfig(Open):
+    """``name`` plus the chosen model's own keys (validated against the model registry)."""
+
+    name: str = "cnn"
+
+
+# --------------------------------------------------------------------------------------- train
+class EarlyStoppingConfig(Strict):
+    monitor: Literal["val_loss", "val_acc", "train_loss", "train_acc"] = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    patience: int = Field(0, ge=0, description="epochs without improvement before stopping; 0 = off")
+    min_delta: float = Field(0.0, ge=0)
+    restore_best: bool = Field(True, description="load the best weights before the final evaluation")
+
+
+class SchedulerConfig(Open):
+    """``name`` plus the scheduler's own keys; ``warmup_epochs`` adds a linear warmup to any."""
+
+    name: str = "none"
+    warmup_epochs: int = Field(0, ge=0)
+
+
+class LossConfig(Open):
+    name: str = "cross_entropy"
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: str = "adam"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_weights: list[float] | Literal["balanced"] | None = None
+    grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm to this value")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: str = Field("auto", description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    channels_last: bool = Field(True, description="channels_last memory format for conv nets on CUDA")
+    eval_batch_size: int = Field(1024, ge=1)
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+
+    @field_validator("scheduler", "loss", mode="before")
+    @classmethod
+    def _name_shorthand(cls, v: Any) -> Any:
+        # `scheduler = "cosine"` is shorthand for `[train.scheduler] name = "cosine"`.
+        return {"name": v} if isinstance(v, str) else v
+
+
+class CheckpointConfig(Strict):
+    every: int = Field(0, ge=0, description="also keep epoch-NNNN.pt every N epochs; 0 = only best and last")
+
+
+class ExperimentConfig(Strict):
+    name: str = Field("experiment", min_length=1)
+    seed: int = 0
+    deterministic: bool = False
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if "/" in v or "\\" in v or v in {".", ".."}:
+            raise ValueError("must not contain path separators (it names the run directory)")
+        return v
+
+    def extra(self, section: Open) -> dict[str, Any]:
+        """The registry-entry keys of an open section (everything but ``name``)."""
+        return dict(section.model_extra or {})
+
+
+# ----------------------------------------------------------------------------------- loading
+def _fmt_loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def _validation_message(err: ValidationError, source: str, prefix: str = "") -> str:
+    parts = []
+    for e in err.errors():
+        loc = _fmt_loc(tuple(p for p in (prefix.split(".") if prefix else []) + list(e["loc"])))
+        if e["type"] == "extra_forbidden":
+            parts.append(f"unknown key {loc!r}")
+        else:
+            msg = e["msg"]
+            got = e.get("input")
+            shown = "" if isinstance(got, (dict, list)) and len(str(got)) > 60 else f" (got {got!r})"
+            parts.append(f"{loc}: {msg}{shown}")
+    return f"invalid configuration in {source}: " + "; ".join(parts) + "."
+
+
+def _section_keys(model: type[BaseModel]) -> str:
+    return ", ".join(model.model_fields)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"train.lr=0.01"`` -> (["train", "lr"], 0.01); the value is parsed as TOML, else a string."""
+    if "=" not in item:
+        raise UserError(f"--set {item!r}: expected key.path=value, for example --set train.lr=0.01.")
+    key, raw = item.split("=", 1)
+    path = [p for p in key.strip().split(".")]
+    if not all(path):
+        raise UserError(f"--set {item!r}: empty part in the key path {key!r}.")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # bare words are strings: --set model.name=mlp
+    return path, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any] | None) -> dict[str, Any]:
+    """Set nested keys in a raw config dict from ``--set`` strings or a ``{"a.b": value}`` dict."""
+    items: list[tuple[list[str], Any]]
+    if not overrides:
+        return raw
+    if isinstance(overrides, dict):
+        items = [(k.split("."), v) for k, v in overrides.items()]
+    else:
+        items = [parse_override(o) for o in overrides]
+    for path, value in items:
+        node = raw
+        for p in path[:-1]:
+            nxt = node.get(p)
+            if isinstance(nxt, str) and p in {"scheduler", "loss"}:
+                nxt = {"name": nxt}  # expand a shorthand so a nested override can land
+            if nxt is None:
+                nxt = {}
+            if not isinstance(nxt, dict):
+                raise UserError(f"--set {'.'.join(path)}: {p!r} is a value, not a section.")
+            node[p] = nxt
+            node = nxt
+        node[path[-1]] = value
+    return raw
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"config file {str(p)!r} does not exist.")
+    if p.is_dir():
+        raise UserError(f"{str(p)!r} is a directory; expected an experiment .toml file.")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"TOML syntax error in {p}: {e}.") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{p} is not a UTF-8 text file; expected an experiment .toml file.") from None
+
+
+def validate_config(raw: dict[str, Any], source: str = "<config>") -> ExperimentConfig:
+    """Validate a raw dict into an ExperimentConfig, including registry-entry keys."""
+    try:
+        cfg = ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        raise UserError(_validation_message(e, source)) from None
+    _validate_entry_keys(cfg, source)
+    return cfg
+
+
+def _validate_entry_keys(cfg: ExperimentConfig, source: str) -> None:
+    # Imported here: the registries live in modules that import this one.
+    from .data import DATASETS
+    from .losses import LOSSES
+    from .models import MODELS
+    from .optim import OPTIMIZERS, SCHEDULERS
+
+    DATASETS.entry(cfg.data.dataset, f"{source} at data.dataset")
+    OPTIMIZERS.entry(cfg.train.optimizer, f"{source} at train.optimizer")
+    for section, registry, where in (
+        (cfg.model, MODELS, "model"),
+        (cfg.train.scheduler, SCHEDULERS, "train.scheduler"),
+        (cfg.train.loss, LOSSES, "train.loss"),
+    ):
+        entry = registry.entry(section.name, f"{source} at {where}.name")
+        extra = cfg.extra(section)
+        if where == "train.scheduler":
+            extra.pop("warmup_epochs", None)
+        if entry.params is None:
+            if extra:
+                raise UserError(
+                    f"invalid configuration in {source}: {registry.kind} {section.name!r} takes no keys, "
+                    f"got {', '.join(sorted(extra))} under [{where}]."
+                )
+            continue
+        try:
+            entry.params.model_validate(extra)
+        except ValidationError as e:
+            allowed = _section_keys(entry.params)
+            raise UserError(
+                _validation_message(e, source, where)[:-1]
+                + f". Keys of {registry.kind} {section.name!r}: name, {allowed}."
+            ) from None
+
+
+def entry_params(cfg_section: Open, registry: Any) -> BaseModel | None:
+    """The validated parameter object of a model/scheduler/loss section."""
+    entry = registry.entry(cfg_section.name)
+    extra = dict(cfg_section.model_extra or {})
+    extra.pop("warmup_epochs", None)
+    return entry.params.model_validate(extra) if entry.params is not None else None
+
+
+def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> ExperimentConfig:
+    """Read, override and validate an experiment file. Raises UserError on any bad input."""
+    raw = read_toml(path)
+    raw = apply_overrides(raw, overrides)
+    cfg = validate_config(raw, str(path))
+    return cfg
+
+
+def resolved_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The fully resolved config as a plain dict: defaults included, registry-entry defaults too,
+    ``None`` values dropped (TOML has no null; a dropped key reloads as the same default)."""
+    from .losses import LOSSES
+    from .models import MODELS
+    from .optim import SCHEDULERS
+
+    d = cfg.model_dump(mode="json")
+    for key, section, registry in (
+        ("model", cfg.model, MODELS),
+        ("scheduler", cfg.train.scheduler, SCHEDULERS),
+        ("loss", cfg.train.loss, LOSSES),
+    ):
+        params = entry_params(section, registry)
+        target = d[key] if key == "model" else d["train"][key]
+        if params is not None:
+            target.update(params.model_dump(mode="json"))
+    return _drop_none(d)
+
+
+def _drop_none(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _drop_none(v) for k, v in x.items() if v is not None}
+    if isinstance(x, list):
+        return [_drop_none(v) for v in x]
+    return x
+
+
+def dumps_toml(cfg: ExperimentConfig) -> str:
+    return tomli_w.dumps(resolved_dict(cfg))

@@ -1,0 +1,147 @@
+"""Optimizer and learning-rate scheduler registries.
+
+Schedulers are stepped once per epoch by the engine (``plateau`` with the monitored metric);
+``warmup_epochs`` wraps any scheduler in a linear warmup (SequentialLR). ``cyclic`` and
+``onecycle`` are per-step in PyTorch; here they are defined per epoch so that one rule holds for
+every scheduler (the engine steps after each epoch), with step sizes given in epochs.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from .config import TrainConfig, entry_params
+from .errors import UserError
+from .registry import Registry
+
+OPTIMIZERS: Registry = Registry("optimizer")
+SCHEDULERS: Registry = Registry("scheduler")
+
+
+# -------------------------------------------------------------------------------- optimizers
+@OPTIMIZERS.register("sgd", summary="SGD with momentum, nesterov and weight decay")
+def _sgd(params, t: TrainConfig):
+    return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0,
+                           weight_decay=t.weight_decay)
+
+
+@OPTIMIZERS.register("adam", summary="Adam (L2 weight decay)")
+def _adam(params, t: TrainConfig):
+    return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+@OPTIMIZERS.register("adamw", summary="AdamW (decoupled weight decay)")
+def _adamw(params, t: TrainConfig):
+    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+@OPTIMIZERS.register("rmsprop", summary="RMSprop with momentum")
+def _rmsprop(params, t: TrainConfig):
+    return torch.optim.RMSprop(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+
+def build_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return OPTIMIZERS.get(train.optimizer)(params, train)
+
+
+# -------------------------------------------------------------------------------- schedulers
+class _P(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StepParams(_P):
+    step_size: int = Field(30, ge=1, description="epochs between decays")
+    gamma: float = Field(0.1, gt=0)
+
+
+class MultiStepParams(_P):
+    milestones: list[int] = Field(default_factory=lambda: [30, 60, 90], description="epochs at which lr decays")
+    gamma: float = Field(0.1, gt=0)
+
+
+class CosineParams(_P):
+    t_max: int | None = Field(None, ge=1, description="epochs of one half cosine; default = train.epochs - warmup")
+    eta_min: float = Field(0.0, ge=0)
+
+
+class PlateauParams(_P):
+    monitor: Literal["val_loss", "val_acc", "train_loss", "train_acc"] = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    factor: float = Field(0.1, gt=0, lt=1)
+    patience: int = Field(10, ge=0)
+    threshold: float = Field(1e-4, ge=0)
+    min_lr: float = Field(0.0, ge=0)
+
+
+class CyclicParams(_P):
+    base_lr: float | None = Field(None, gt=0, description="lower bound; default = train.lr / 10")
+    max_lr: float | None = Field(None, gt=0, description="upper bound; default = train.lr")
+    step_size_up: int = Field(4, ge=1, description="epochs from low to high")
+    mode: Literal["triangular", "triangular2", "exp_range"] = "triangular"
+
+
+class OneCycleParams(_P):
+    max_lr: float | None = Field(None, gt=0, description="peak lr; default = train.lr")
+    pct_start: float = Field(0.3, gt=0, lt=1)
+
+
+@SCHEDULERS.register("none", summary="constant learning rate")
+def _none(opt, p, t: TrainConfig, epochs: int):
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
+
+
+@SCHEDULERS.register("step", params=StepParams, summary="decay by gamma every step_size epochs")
+def _step(opt, p: StepParams, t, epochs):
+    return torch.optim.lr_scheduler.StepLR(opt, p.step_size, p.gamma)
+
+
+@SCHEDULERS.register("multistep", params=MultiStepParams, summary="decay by gamma at milestone epochs")
+def _multistep(opt, p: MultiStepParams, t, epochs):
+    return torch.optim.lr_scheduler.MultiStepLR(opt, p.milestones, p.gamma)
+
+
+@SCHEDULERS.register("cosine", params=CosineParams, summary="cosine annealing to eta_min")
+def _cosine(opt, p: CosineParams, t, epochs):
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, p.t_max or max(1, epochs), p.eta_min)
+
+
+@SCHEDULERS.register("plateau", params=PlateauParams, summary="ReduceLROnPlateau on a monitored metric")
+def _plateau(opt, p: PlateauParams, t, epochs):
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode=p.mode, factor=p.factor, patience=p.patience, threshold=p.threshold, min_lr=p.min_lr)
+
+
+@SCHEDULERS.register("cyclic", params=CyclicParams, summary="cyclic lr between base_lr and max_lr (per epoch)")
+def _cyclic(opt, p: CyclicParams, t, epochs):
+    return torch.optim.lr_scheduler.CyclicLR(
+        opt, base_lr=p.base_lr or t.lr / 10, max_lr=p.max_lr or t.lr, step_size_up=p.step_size_up,
+        mode=p.mode, cycle_momentum=False)
+
+
+@SCHEDULERS.register("onecycle", params=OneCycleParams, summary="one-cycle policy over the run (per epoch)")
+def _onecycle(opt, p: OneCycleParams, t, epochs):
+    return torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=p.max_lr or t.lr, total_steps=max(2, epochs + 1), pct_start=p.pct_start,
+        cycle_momentum=False)
+
+
+def build_scheduler(opt: torch.optim.Optimizer, train: TrainConfig):
+    """The configured scheduler, wrapped in a linear warmup when ``warmup_epochs`` > 0.
+    Returns (scheduler, monitor) where monitor names the metric a plateau scheduler steps on."""
+    s = train.scheduler
+    params = entry_params(s, SCHEDULERS)
+    warm = s.warmup_epochs
+    main = SCHEDULERS.get(s.name)(opt, params, train, train.epochs - warm)
+    monitor = getattr(params, "monitor", None)
+    if warm and monitor is not None:
+        raise UserError("train.scheduler.warmup_epochs does not combine with the plateau scheduler "
+                        "(it reacts to a metric, not to the epoch count); use warmup with step, multistep, "
+                        "cosine, cyclic or onecycle, or set warmup_epochs = 0.")
+    if warm:
+        warmup = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0 / (warm + 1), total_iters=warm)
+        main = torch.optim.lr_scheduler.SequentialLR(opt, [warmup, main], milestones=[warm])
+    return main, monitor

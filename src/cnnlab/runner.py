@@ -1,0 +1,309 @@
+"""From a config to a finished run directory: data, model, training, evaluation, files.
+
+``run`` starts a run, ``resume`` continues one from ``checkpoints/last.pt``, ``evaluate`` measures
+a saved checkpoint on any split or data set, ``predict`` classifies image files.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import rundir as rd
+from .augment import Normalizer
+from .callbacks import CALLBACKS, Callback
+from .config import ExperimentConfig, dumps_toml, load_config, resolved_dict, validate_config, apply_overrides
+from .data import DataSplits, load_data, read_image_files
+from .engine import DeviceSplit, Trainer, amp_dtype, predict as predict_probs, resolve_device, seed_everything
+from .errors import RunFailure, UserError
+from .losses import build_loss
+from .metrics import classification_report, compute_metrics, top_k
+from .models import build_model, count_parameters
+from .optim import build_optimizer, build_scheduler
+
+
+def _say(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, flush=True)
+
+
+class Run:
+    """A run directory with lazy access to what it holds."""
+
+    def __init__(self, directory: str | Path):
+        self.dir = Path(directory)
+
+    @property
+    def config(self) -> ExperimentConfig:
+        return load_config(self.dir / rd.CONFIG)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        p = self.dir / rd.METRICS
+        return rd.read_json(p) if p.exists() else {}
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return rd.read_history(self.dir)
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return rd.read_status(self.dir)
+
+    @cached_property
+    def model(self) -> torch.nn.Module:
+        """The model with the best checkpoint's weights (last.pt when there is no best.pt), eval mode."""
+        return load_model(self.dir, "best")[0]
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.dir)!r})"
+
+
+# ------------------------------------------------------------------------------------ setup
+def _monitor(cfg: ExperimentConfig, has_val: bool) -> str:
+    m = cfg.train.early_stopping.monitor
+    # Without a validation split the val_* metrics do not exist: watch the training counterpart.
+    return m.replace("val_", "train_") if not has_val else m
+
+
+def _build(cfg: ExperimentConfig, data: DataSplits, device: torch.device, run_dir: Path, quiet: bool) -> Trainer:
+    k = len(data.class_names)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = build_model(cfg.model, data.input_shape, k)
+    for w in caught:
+        _say(f"warning: {w.message}", quiet)
+    model = model.to(device)
+    if cfg.train.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    counts = data.class_counts("train")
+    loss_fn = build_loss(cfg.train, counts).to(device)
+    optimizer = build_optimizer(model, cfg.train)
+    scheduler, sched_monitor = build_scheduler(optimizer, cfg.train)
+    es = cfg.train.early_stopping
+    monitor = _monitor(cfg, data.val is not None)
+    callbacks: list[Callback] = [
+        CALLBACKS.get("early_stopping")(monitor, es.mode, es.patience, es.min_delta),
+        CALLBACKS.get("checkpoint")(run_dir / "checkpoints", monitor, es.mode, cfg.checkpoint.every, es.min_delta),
+        CALLBACKS.get("history")(run_dir),
+        CALLBACKS.get("progress")(cfg.train.epochs, enabled=not quiet),
+    ]
+    meta = {"class_names": list(data.class_names), "mean": list(data.mean), "std": list(data.std),
+            "input_shape": list(data.input_shape), "model": cfg.model.name, "source": data.source}
+    return Trainer(cfg, model, loss_fn, optimizer, scheduler, sched_monitor,
+                   DeviceSplit.of(data.train, device), DeviceSplit.of(data.val, device) if data.val else None,
+                   Normalizer(data.mean, data.std, device), callbacks, device, meta, counts, resolved_dict(cfg))
+
+
+def _describe(cfg: ExperimentConfig, data: DataSplits, trainer: Trainer, run_dir: Path, quiet: bool) -> None:
+    total, trainable = count_parameters(trainer.model)
+    sizes = ", ".join(f"{k} {len(v)}" for k, v in data.indices().items())
+    _say(f"run {run_dir}", quiet)
+    _say(f"data {cfg.data.dataset}: {len(data.class_names)} classes, {sizes}, images {tuple(data.input_shape)}", quiet)
+    amp = "" if trainer.amp is None else f", autocast {str(trainer.amp).replace('torch.', '')}"
+    _say(f"model {cfg.model.name}: {total:,} parameters ({trainable:,} trainable) on {trainer.device}{amp}", quiet)
+
+
+# --------------------------------------------------------------------------------- run/resume
+def run(config_or_path: str | Path | ExperimentConfig | dict, overrides: list[str] | dict[str, Any] | None = None,
+        runs_dir: str | Path = "runs", quiet: bool = False) -> Run:
+    """Train, evaluate and write a run directory; returns the ``Run``.
+
+    ``config_or_path``: a TOML path, a raw dict or an ExperimentConfig. ``overrides``: ``{"train.lr": 0.01}``
+    or ``["train.lr=0.01"]``. Raises UserError on bad input and RunFailure when training fails.
+    """
+    if isinstance(config_or_path, ExperimentConfig):
+        cfg = validate_config(apply_overrides(resolved_dict(config_or_path), overrides), "<config>")
+    elif isinstance(config_or_path, dict):
+        cfg = validate_config(apply_overrides(dict(config_or_path), overrides), "<dict>")
+    else:
+        cfg = load_config(config_or_path, overrides)
+    device = resolve_device(cfg.train.device)
+    amp_dtype(cfg.train.precision, device)  # fail on a bad precision before loading any data
+    seed_everything(cfg.seed, cfg.deterministic)
+    data = load_data(cfg.data, cfg.seed)
+    run_dir = rd.new_run_dir(runs_dir, cfg.name)
+    rd.atomic_write_text(run_dir / rd.CONFIG, dumps_toml(cfg))
+    rd.atomic_savez(run_dir / "splits.npz", **data.indices())
+    rd.atomic_write_json(run_dir / "env.json", rd.environment(cfg.seed, device))
+    rd.write_status(run_dir, "running", name=cfg.name, dataset=cfg.data.dataset, model=cfg.model.name,
+                    started=datetime.now().isoformat(timespec="seconds"))
+    rd.write_history(run_dir, [])
+    seed_everything(cfg.seed, cfg.deterministic)  # model init does not depend on how data loading used the RNG
+    trainer = _build(cfg, data, device, run_dir, quiet)
+    _describe(cfg, data, trainer, run_dir, quiet)
+    return _train_and_finish(cfg, data, trainer, run_dir, quiet)
+
+
+def resume(run_dir: str | Path, quiet: bool = False) -> Run:
+    """Continue an interrupted run from ``checkpoints/last.pt`` in the same directory."""
+    run_dir = rd.require_run_dir(run_dir)
+    last = run_dir / "checkpoints" / "last.pt"
+    if not last.exists():
+        raise UserError(f"{run_dir} has no checkpoints/last.pt: it stopped before its first epoch ended; "
+                        f"start it again with `cnnlab run {run_dir / rd.CONFIG}`.")
+    cfg = load_config(run_dir / rd.CONFIG)
+    state = rd.load_checkpoint(last)
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.seed, cfg.deterministic)
+    data = load_data(cfg.data, cfg.seed)
+    trainer = _build(cfg, data, device, run_dir, quiet)
+    trainer.load_state_dict(state)
+    rd.write_history(run_dir, trainer.history)  # drop lines of epochs after the checkpoint
+    rd.write_status(run_dir, "running", resumed_at_epoch=trainer.epoch)
+    _say(f"resuming {run_dir} after epoch {trainer.epoch}/{cfg.train.epochs}", quiet)
+    return _train_and_finish(cfg, data, trainer, run_dir, quiet)
+
+
+def _train_and_finish(cfg: ExperimentConfig, data: DataSplits, trainer: Trainer, run_dir: Path, quiet: bool) -> Run:
+    timer = rd.Timer()
+    try:
+        trainer.fit()
+    except KeyboardInterrupt:
+        rd.write_status(run_dir, "interrupted", epoch=trainer.epoch)
+        raise
+    nan = trainer.stop_reason == "nan"
+    if trainer.stop_reason and not nan:
+        _say(trainer.stop_reason, quiet)
+    best = run_dir / "checkpoints" / "best.pt"
+    if (cfg.train.early_stopping.restore_best or nan) and best.exists():
+        state = rd.load_checkpoint(best)
+        trainer.model.load_state_dict(state["model"])
+        _say(f"restored the best weights (epoch {state['epoch']})", quiet)
+    if trainer.epoch > 0 and not (nan and not best.exists()):
+        metrics = _evaluate_all(trainer, data, run_dir)
+        rd.atomic_write_json(run_dir / rd.METRICS, metrics)
+        if not quiet:
+            for split in ("val", "test"):
+                if split in metrics:
+                    print(f"\n{split}: accuracy {metrics[split]['accuracy']:.4f}  loss {metrics[split]['loss']:.4f}")
+            if "test" in metrics:
+                print(classification_report(metrics["test"]))
+    if nan:
+        epoch = trainer.history[-1]["epoch"]
+        rd.write_status(run_dir, "failed", error="nan", epoch=epoch)
+        kept = f"the best checkpoint {best} is kept and evaluated" if best.exists() else "no checkpoint was good"
+        raise RunFailure(f"training stopped at epoch {epoch}: the loss became NaN or infinite (usually a learning "
+                         f"rate too high for this model; try a lower train.lr, train.grad_clip or BatchNorm); {kept}. "
+                         f"Run directory: {run_dir}.")
+    rd.write_status(run_dir, "completed", epoch=trainer.epoch, stop_reason=trainer.stop_reason,
+                    train_seconds=round(sum(h["seconds"] for h in trainer.history), 3),
+                    finished=datetime.now().isoformat(timespec="seconds"))
+    _say(f"\nrun directory: {run_dir}", quiet)
+    return Run(run_dir)
+
+
+def _evaluate_all(trainer: Trainer, data: DataSplits, run_dir: Path) -> dict[str, Any]:
+    """metrics.json content for train (eval mode, no augmentation), val and test; writes predictions."""
+    out: dict[str, Any] = {}
+    for name in ("train", "val", "test"):
+        split = getattr(data, name)
+        if split is None or len(split.y) == 0:
+            continue
+        dev = DeviceSplit.of(split, trainer.device)
+        probs, loss, _ = trainer.evaluate(dev)
+        y = split.y.numpy()
+        out[name] = compute_metrics(y, probs, data.class_names, loss)
+        rd.atomic_savez(run_dir / "predictions" / f"{name}.npz", y_true=y, y_prob=probs.astype(np.float32),
+                        index=split.index)
+    return out
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def _checkpoint_path(run_dir: Path, which: str) -> Path:
+    named = {"best": "best.pt", "last": "last.pt"}
+    if which in named:
+        p = run_dir / "checkpoints" / named[which]
+        if which == "best" and not p.exists():
+            p = run_dir / "checkpoints" / "last.pt"
+        if not p.exists():
+            raise UserError(f"{run_dir} has no {named[which]} checkpoint (the run ended before its first epoch).")
+        return p
+    return Path(which)
+
+
+def load_model(run_dir: str | Path, which: str = "best", device: torch.device | None = None):
+    """(model in eval mode, checkpoint dict, config) for a run's checkpoint ``best``/``last``/a path."""
+    run_dir = rd.require_run_dir(run_dir)
+    state = rd.load_checkpoint(_checkpoint_path(run_dir, which))
+    cfg = validate_config(state["config"], str(_checkpoint_path(run_dir, which))) if state.get("config") else load_config(run_dir / rd.CONFIG)
+    meta = state["meta"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_model(cfg.model, tuple(meta["input_shape"]), len(meta["class_names"]))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise UserError(f"checkpoint does not fit the run's model {cfg.model.name!r}: {str(e).splitlines()[0]}") from None
+    model.to(device or torch.device("cpu")).eval()
+    return model, state, cfg
+
+
+def evaluate(run_dir: str | Path, checkpoint: str = "best", overrides: list[str] | dict | None = None,
+             splits: list[str] | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Metrics of a saved checkpoint on the run's splits, or on another data set via ``overrides``
+    (``data.*`` keys). Normalization uses the run's own training statistics. Writes
+    ``evaluations/<timestamp>.json`` in the run directory and returns the metrics."""
+    run_dir = rd.require_run_dir(run_dir)
+    base = load_config(run_dir / rd.CONFIG)
+    cfg = validate_config(apply_overrides(resolved_dict(base), overrides), f"{run_dir / rd.CONFIG} with --set")
+    device = resolve_device(cfg.train.device)
+    model, state, _ = load_model(run_dir, checkpoint, device)
+    meta = state["meta"]
+    data = load_data(cfg.data, cfg.seed)
+    if len(data.class_names) != len(meta["class_names"]):
+        raise UserError(f"the data set has {len(data.class_names)} classes but the model was trained on "
+                        f"{len(meta['class_names'])}; choose a data set or class subset with the same classes.")
+    if tuple(data.input_shape) != tuple(meta["input_shape"]):
+        raise UserError(f"the data set's images are {tuple(data.input_shape)} but the model takes "
+                        f"{tuple(meta['input_shape'])}; set data.image_size to match.")
+    norm = Normalizer(meta["mean"], meta["std"], device)
+    from .losses import build_loss
+
+    loss_fn = build_loss(cfg.train, np.ones(len(meta["class_names"]))).to(device)
+    amp = amp_dtype(cfg.train.precision, device)
+    out: dict[str, Any] = {}
+    for name in splits or ["train", "val", "test"]:
+        split = getattr(data, name, None)
+        if split is None:
+            continue
+        dev = DeviceSplit.of(split, device)
+        probs, loss = predict_probs(model, dev, norm, cfg.train.eval_batch_size, amp, loss_fn)
+        out[name] = compute_metrics(split.y.numpy(), probs, meta["class_names"], loss)
+    record = {"checkpoint": checkpoint, "epoch": state["epoch"], "overrides": overrides or [], "metrics": out}
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    rd.atomic_write_json(run_dir / "evaluations" / f"{stamp}.json", record)
+    if not quiet:
+        for name, m in out.items():
+            print(f"\n{name}: accuracy {m['accuracy']:.4f}  loss {m['loss']:.4f}  (n={m['n']})")
+            print(classification_report(m))
+    return out
+
+
+def predict(run_dir: str | Path, images: list[str], checkpoint: str = "best", k: int = 3,
+            quiet: bool = False) -> list[dict[str, Any]]:
+    """Class and top-k probabilities for each image file, preprocessed like the run's data."""
+    run_dir = rd.require_run_dir(run_dir)
+    model, state, cfg = load_model(run_dir, checkpoint)
+    meta = state["meta"]
+    c, h, w = meta["input_shape"]
+    x = read_image_files(list(images), c, (h, w))
+    norm = Normalizer(meta["mean"], meta["std"], torch.device("cpu"))
+    probs, _ = predict_probs(model, DeviceSplit(x, torch.zeros(len(x), dtype=torch.long)), norm, 256)
+    names = meta["class_names"]
+    idx, p = top_k(probs, min(k, len(names)))
+    results = []
+    for path, row_i, row_p in zip(images, idx, p):
+        top = [{"class": names[i], "probability": float(q)} for i, q in zip(row_i, row_p)]
+        results.append({"image": str(path), "class": top[0]["class"], "probability": top[0]["probability"], "top": top})
+        if not quiet:
+            alts = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in top)
+            print(f"{path}: {top[0]['class']} ({alts})")
+    return results
