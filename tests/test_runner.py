@@ -1,0 +1,198 @@
+"""End to end on scikit-learn's digits: the run directory, metrics against scikit-learn, resume,
+evaluate, predict and the notebook API."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn import metrics as skm
+
+import cnnlab
+from cnnlab import rundir as rd
+from cnnlab.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = REPO / "examples" / "quickstart.toml"
+
+SMALL = {
+    "name": "small", "seed": 1,
+    "data": {"dataset": "digits", "test_fraction": 0.2, "val_fraction": 0.1},
+    "model": {"name": "cnn", "channels": [8, 16], "hidden": [32]},
+    "train": {"epochs": 3, "batch_size": 64, "lr": 3e-3, "device": "cpu"},
+}
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    """The README's quickstart, run once for the module through the public API."""
+    return cnnlab.run(QUICK, runs_dir=tmp_path_factory.mktemp("runs"), quiet=True)
+
+
+def test_quickstart_reaches_95_percent_and_writes_the_run_directory(quickstart):
+    d = quickstart.dir
+    for name in ("config.toml", "env.json", "history.jsonl", "metrics.json", "run.json", "splits.npz",
+                 "checkpoints/last.pt", "checkpoints/best.pt", "checkpoints/epoch-0010.pt",
+                 "predictions/train.npz", "predictions/val.npz", "predictions/test.npz"):
+        assert (d / name).is_file(), name
+    assert quickstart.metrics["test"]["accuracy"] >= 0.95
+    env = json.loads((d / "env.json").read_text())
+    assert env["seed"] == 0 and env["torch"] == torch.__version__ and "device" in env
+    hist = quickstart.history
+    assert [h["epoch"] for h in hist] == list(range(1, len(hist) + 1))
+    assert {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s"} <= set(hist[0])
+    assert quickstart.status["status"] == "completed"
+    assert isinstance(quickstart.model, torch.nn.Module)
+
+
+def test_metrics_json_agrees_with_sklearn_on_saved_predictions(quickstart):
+    m = quickstart.metrics
+    for split in ("train", "val", "test"):
+        p = np.load(quickstart.dir / "predictions" / f"{split}.npz")
+        y, prob = p["y_true"], p["y_prob"]
+        pred = prob.argmax(1)
+        s = m[split]
+        assert s["accuracy"] == pytest.approx(skm.accuracy_score(y, pred), abs=1e-6)
+        pr, rc, f1, sup = skm.precision_recall_fscore_support(y, pred, labels=range(10), zero_division=0)
+        np.testing.assert_allclose(s["per_class"]["precision"], pr, atol=1e-6)
+        np.testing.assert_allclose(s["per_class"]["recall"], rc, atol=1e-6)
+        np.testing.assert_allclose(s["per_class"]["f1"], f1, atol=1e-6)
+        np.testing.assert_array_equal(s["per_class"]["support"], sup)
+        np.testing.assert_array_equal(s["confusion_matrix"], skm.confusion_matrix(y, pred, labels=range(10)))
+        auc = [skm.roc_auc_score(y == k, prob[:, k]) for k in range(10)]
+        np.testing.assert_allclose(s["per_class"]["auc"], auc, atol=1e-6)
+        assert s["macro"]["f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"), abs=1e-6)
+        assert s["weighted"]["f1"] == pytest.approx(skm.f1_score(y, pred, average="weighted"), abs=1e-6)
+        assert s["class_names"] == [str(i) for i in range(10)]
+        assert len(p["index"]) == len(y)
+
+
+def test_saved_config_is_resolved_and_reruns(quickstart, tmp_path):
+    raw = tomllib.loads((quickstart.dir / "config.toml").read_text())
+    assert raw["train"]["early_stopping"]["patience"] == 10 and raw["model"]["activation"] == "relu"
+    again = cnnlab.run(quickstart.dir / "config.toml", overrides={"train.epochs": 1}, runs_dir=tmp_path, quiet=True)
+    assert again.history[0]["epoch"] == 1 and len(again.history) == 1
+
+
+def test_same_seed_same_result_on_cpu(tmp_path):
+    cfg = dict(SMALL, deterministic=True)
+    a = cnnlab.run(cfg, runs_dir=tmp_path / "a", quiet=True)
+    b = cnnlab.run(cfg, runs_dir=tmp_path / "b", quiet=True)
+    assert a.metrics == b.metrics
+    np.testing.assert_array_equal(np.load(a.dir / "splits.npz")["test"], np.load(b.dir / "splits.npz")["test"])
+
+
+def _run_cli(args, **kw):
+    return subprocess.run([sys.executable, "-m", "cnnlab", *args], capture_output=True, text=True, **kw)
+
+
+def test_resume_after_sigkill_ends_like_an_uninterrupted_run(tmp_path):
+    exp = tmp_path / "exp.toml"
+    exp.write_text(
+        'name = "killme"\nseed = 5\ndeterministic = true\n'
+        '[data]\ndataset = "digits"\n'
+        '[model]\nname = "cnn"\nchannels = [16, 32]\nhidden = [64]\ndropout = 0.3\n'
+        '[data.augment]\ncrop_padding = 1\n'
+        '[train]\nepochs = 8\nbatch_size = 32\nlr = 2e-3\ndevice = "cpu"\nscheduler = "cosine"\n'
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    ref = _run_cli(["run", str(exp), "--runs-dir", str(tmp_path / "ref"), "-q"], env=env, timeout=600)
+    assert ref.returncode == 0, ref.stderr
+    ref_dir = next((tmp_path / "ref" / "killme").iterdir())
+
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", "run", str(exp), "--runs-dir", str(tmp_path / "k"), "-q"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    run_dir = None
+    while time.time() < deadline:
+        dirs = list((tmp_path / "k" / "killme").glob("*")) if (tmp_path / "k" / "killme").exists() else []
+        if dirs and len(rd.read_history(dirs[0])) >= 3:
+            run_dir = dirs[0]
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert run_dir is not None, "the run never reached epoch 3"
+    assert not (run_dir / "metrics.json").exists(), "the run finished before it was killed"
+
+    res = _run_cli(["resume", str(run_dir), "-q"], env=env, timeout=600)
+    assert res.returncode == 0, res.stderr
+    hist = rd.read_history(run_dir)
+    assert [h["epoch"] for h in hist] == list(range(1, 9))
+    a, b = rd.read_json(run_dir / "metrics.json"), rd.read_json(ref_dir / "metrics.json")
+    assert a == b
+    ref_hist = rd.read_history(ref_dir)
+    assert [h["train_loss"] for h in hist] == [h["train_loss"] for h in ref_hist]
+
+
+def test_early_stopping_and_checkpoint_interval(tmp_path):
+    cfg = dict(SMALL, train=dict(SMALL["train"], epochs=40, lr=0.2, optimizer="sgd",
+                                 early_stopping={"patience": 2, "monitor": "val_acc", "mode": "max", "min_delta": 1.0}),
+               checkpoint={"every": 1})
+    r = cnnlab.run(cfg, runs_dir=tmp_path, quiet=True)
+    # min_delta 1.0 means nothing after epoch 1 counts as improvement: stop after 1 + 2 epochs
+    assert len(r.history) == 3
+    assert sorted(p.name for p in (r.dir / "checkpoints").glob("epoch-*.pt")) == \
+        ["epoch-0001.pt", "epoch-0002.pt", "epoch-0003.pt"]
+    best = rd.load_checkpoint(r.dir / "checkpoints" / "best.pt")
+    assert best["epoch"] == 1
+
+
+def test_nan_loss_stops_with_failure_and_keeps_best(tmp_path):
+    cfg = dict(SMALL, train=dict(SMALL["train"], epochs=6, lr=1e6, optimizer="sgd"),
+               model={"name": "mlp", "hidden_size": 64})
+    with pytest.raises(cnnlab.runner.RunFailure, match="NaN"):
+        cnnlab.run(cfg, runs_dir=tmp_path, quiet=True)
+    d = next((tmp_path / "small").iterdir())
+    assert rd.read_status(d)["status"] == "failed"
+
+
+def test_evaluate_and_predict(quickstart, tmp_path):
+    out = cnnlab.evaluate(quickstart.dir, "best", splits=["test"], quiet=True)
+    assert out["test"]["accuracy"] == pytest.approx(quickstart.metrics["test"]["accuracy"])
+    assert list((quickstart.dir / "evaluations").glob("*.json"))
+    # another data selection: only classes 0..4 of digits is a different number of classes -> clear error
+    with pytest.raises(UserError, match="classes"):
+        cnnlab.evaluate(quickstart.dir, overrides=["data.classes=[0, 1, 2]"], quiet=True)
+    # predict on image files written from the digits test images
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    paths = []
+    for i in range(5):
+        img = Image.fromarray(np.round(digits.images[i] * 255 / 16).astype(np.uint8), mode="L")
+        p = tmp_path / f"d{i}.png"
+        img.save(p)
+        paths.append(str(p))
+    res = cnnlab.predict(quickstart.dir, paths, k=3, quiet=True)
+    assert [r["class"] for r in res] == [str(int(t)) for t in digits.target[:5]]
+    assert all(len(r["top"]) == 3 and r["top"][0]["probability"] >= r["top"][1]["probability"] for r in res)
+
+
+def test_truncated_checkpoint_is_a_clear_error(quickstart, tmp_path):
+    bad = tmp_path / "bad.pt"
+    data = (quickstart.dir / "checkpoints" / "best.pt").read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="truncated"):
+        rd.load_checkpoint(bad)
+    r = _run_cli(["evaluate", str(quickstart.dir), "--checkpoint", str(bad)])
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "truncated" in r.stderr
+
+
+class Evil:
+    """Stands for any arbitrary object a hostile checkpoint might unpickle."""
+
+
+def test_checkpoint_with_pickled_object_is_refused(tmp_path):
+    p = tmp_path / "evil.pt"
+    torch.save({"model": {}, "x": Evil()}, p)
+    with pytest.raises(UserError):
+        rd.load_checkpoint(p)
