@@ -96,7 +96,7 @@ class TrainConfig(Strict):
     grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm to this value")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = Field("auto", description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
-    channels_last: bool = Field(True, description="channels_last memory format for conv nets on CUDA")
+    channels_last: bool = Field(True, description="channels_last (NHWC) memory format for conv nets")
     eval_batch_size: int = Field(1024, ge=1)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
 

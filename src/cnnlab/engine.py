@@ -138,7 +138,7 @@ class Trainer:
         self.resolved_config = resolved_config or {}
         self.amp = amp_dtype(self.t.precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp is torch.float16)
-        self.channels_last = self.t.channels_last and device.type == "cuda" and _has_conv(model)
+        self.channels_last = self.t.channels_last and has_conv(model)
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(cfg.seed)
         self.epoch = 0  # completed epochs
@@ -288,5 +288,5 @@ class Trainer:
         self.history = list(state["history"])
 
 
-def _has_conv(model: nn.Module) -> bool:
+def has_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())

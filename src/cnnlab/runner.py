@@ -21,7 +21,7 @@ from .augment import Normalizer
 from .callbacks import CALLBACKS, Callback
 from .config import ExperimentConfig, dumps_toml, load_config, resolved_dict, validate_config, apply_overrides
 from .data import DataSplits, load_data, read_image_files
-from .engine import DeviceSplit, Trainer, amp_dtype, predict as predict_probs, resolve_device, seed_everything
+from .engine import DeviceSplit, Trainer, amp_dtype, has_conv, predict as predict_probs, resolve_device, seed_everything
 from .errors import RunFailure, UserError
 from .losses import build_loss
 from .metrics import classification_report, compute_metrics, top_k
@@ -81,7 +81,8 @@ def _build(cfg: ExperimentConfig, data: DataSplits, device: torch.device, run_di
     for w in caught:
         _say(f"warning: {w.message}", quiet)
     model = model.to(device)
-    if cfg.train.channels_last and device.type == "cuda":
+    if cfg.train.channels_last and has_conv(model):
+        # channels_last (NHWC) is faster for convolutions on CUDA and with oneDNN on the CPU.
         model = model.to(memory_format=torch.channels_last)
     counts = data.class_counts("train")
     loss_fn = build_loss(cfg.train, counts).to(device)
