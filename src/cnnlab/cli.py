@@ -40,8 +40,14 @@ def _cmd_predict(a: argparse.Namespace) -> None:
         print(json.dumps(out, indent=2))
 
 
-def _cmd_runs(a: argparse.Namespace) -> None:
+def _console():
+    """A rich console; when output is not a terminal, wide enough that tables do not fold."""
     from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def _cmd_runs(a: argparse.Namespace) -> None:
     from rich.table import Table
 
     from . import rundir as rd
@@ -61,12 +67,41 @@ def _cmd_runs(a: argparse.Namespace) -> None:
     if not rows:
         print(f"no runs under {root}/ (start one with `cnnlab run EXPERIMENT.toml`).")
         return
+    if a.group:
+        _print_groups(rows, root)
+        return
     table = Table(title=f"runs in {root}/")
     for col in ("name", "date", "data set", "model", "best val acc", "test acc", "status", "directory"):
         table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(*r)
-    Console().print(table)
+    _console().print(table)
+
+
+def _print_groups(rows: list[tuple], root: Path) -> None:
+    """Completed runs grouped by name: n and mean ± std (sample std) of best val and test accuracy."""
+    import statistics
+
+    from rich.table import Table
+
+    groups: dict[str, list[tuple]] = {}
+    for r in rows:
+        if r[6] == "completed":
+            groups.setdefault(r[0], []).append(r)
+
+    def stat(values: list[str]) -> str:
+        xs = [float(v) for v in values if v != "-"]
+        if not xs:
+            return "-"
+        sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+        return f"{100 * statistics.fmean(xs):.2f} ± {100 * sd:.2f} %"
+
+    table = Table(title=f"completed runs in {root}/ by name (mean ± sample std)")
+    for col in ("name", "n", "best val acc", "test acc"):
+        table.add_column(col)
+    for name, rs in groups.items():
+        table.add_row(name, str(len(rs)), stat([r[4] for r in rs]), stat([r[5] for r in rs]))
+    _console().print(table)
 
 
 def _cmd_models(a: argparse.Namespace) -> None:
@@ -124,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = add("runs", _cmd_runs, "list runs: name, date, data set, model, best val and test accuracy")
     r.add_argument("--runs-dir", default="runs")
+    r.add_argument("--group", action="store_true", help="one row per run name: n and mean ± std over its runs")
     add("models", _cmd_models, "list the model registry with each model's keys")
     add("datasets", _cmd_datasets, "list the data set registry")
     return p
