@@ -17,7 +17,7 @@ from sklearn import metrics as skm
 
 import cnnlab
 from cnnlab import rundir as rd
-from cnnlab.errors import UserError
+from cnnlab.errors import RunFailure, UserError
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = REPO / "examples" / "quickstart.toml"
@@ -148,7 +148,7 @@ def test_early_stopping_and_checkpoint_interval(tmp_path):
 def test_nan_loss_stops_with_failure_and_keeps_best(tmp_path):
     cfg = dict(SMALL, train=dict(SMALL["train"], epochs=6, lr=1e6, optimizer="sgd"),
                model={"name": "mlp", "hidden_size": 64})
-    with pytest.raises(cnnlab.runner.RunFailure, match="NaN"):
+    with pytest.raises(RunFailure, match="NaN"):
         cnnlab.run(cfg, runs_dir=tmp_path, quiet=True)
     d = next((tmp_path / "small").iterdir())
     assert rd.read_status(d)["status"] == "failed"
@@ -196,3 +196,14 @@ def test_checkpoint_with_pickled_object_is_refused(tmp_path):
     torch.save({"model": {}, "x": Evil()}, p)
     with pytest.raises(UserError):
         rd.load_checkpoint(p)
+
+
+def test_overflowing_best_checkpoint_fails_cleanly(tmp_path):
+    # lr 1e4: epoch 1 ends with a finite but astronomically large loss (its checkpoint is "best"),
+    # epoch 2 goes NaN; the best weights overflow on evaluation.
+    cfg = dict(SMALL, train=dict(SMALL["train"], epochs=4, lr=1e4, optimizer="sgd"),
+               model={"name": "mlp", "hidden_size": 64})
+    with pytest.raises(RunFailure):
+        cnnlab.run(cfg, runs_dir=tmp_path, quiet=True)
+    d = next((tmp_path / "small").iterdir())
+    assert rd.read_status(d)["status"] == "failed"

@@ -104,6 +104,24 @@ def _print_groups(rows: list[tuple], root: Path) -> None:
     _console().print(table)
 
 
+def _cmd_diagnose(a: argparse.Namespace) -> None:
+    from .diagnose import diagnose, print_findings, report
+    from .rundir import require_run_dir
+
+    findings = diagnose(a.run_dir)  # also writes diagnostics.json in the run directory
+    if a.json:
+        print(json.dumps(report(require_run_dir(a.run_dir), findings), indent=2))
+    else:
+        print_findings(findings, a.run_dir)
+
+
+def _cmd_sweep(a: argparse.Namespace) -> None:
+    from .sweep import sweep
+
+    sweep(a.sweep_file, workers=a.workers, storage=a.storage, trials=a.trials, runs_dir=a.runs_dir,
+          overrides=a.set, new=a.new, quiet=a.quiet)
+
+
 def _cmd_models(a: argparse.Namespace) -> None:
     from .models import describe_models
 
@@ -156,6 +174,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--checkpoint", default="best")
     r.add_argument("--top", type=int, default=3, help="how many classes to show per image")
     r.add_argument("--json", action="store_true")
+
+    r = add("diagnose", _cmd_diagnose, "find what went wrong in a run's training: evidence and remedies")
+    r.add_argument("run_dir")
+    r.add_argument("--json", action="store_true", help="print the findings as JSON")
+
+    r = add("sweep", _cmd_sweep, "hyperparameter search: grid, random, Optuna or a sequential chain; resumable")
+    r.add_argument("sweep_file", help="sweep .toml file (docs/sweeps.md)")
+    r.add_argument("--workers", type=int, default=1, help="trials at once on this machine, as processes (default 1)")
+    r.add_argument("--storage", help="Optuna storage URL shared by workers on many machines, e.g. postgresql://... "
+                                     "(default: SQLite in the sweep directory)")
+    r.add_argument("--trials", type=int, help="how many trials (overrides the file; sequential: per stage)")
+    r.add_argument("--runs-dir", default="sweeps", help="where sweep directories go (default: sweeps)")
+    r.add_argument("--set", **sets)
+    r.add_argument("--new", action="store_true", help="start a new sweep instead of continuing the same one")
+    r.add_argument("-q", "--quiet", action="store_true", help="no per-trial lines and no table")
 
     r = add("runs", _cmd_runs, "list runs: name, date, data set, model, best val and test accuracy")
     r.add_argument("--runs-dir", default="runs")

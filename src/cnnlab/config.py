@@ -111,6 +111,14 @@ class CheckpointConfig(Strict):
     every: int = Field(0, ge=0, description="also keep epoch-NNNN.pt every N epochs; 0 = only best and last")
 
 
+# --------------------------------------------------------------------------------- diagnostics
+class DiagnosticsConfig(Strict):
+    """Training statistics recorded for ``cnnlab diagnose`` (see docs/diagnostics.md)."""
+
+    stats_every: int = Field(1, ge=0, description="record per-layer statistics every N epochs; 0 = off")
+    probe_size: int = Field(256, ge=1, description="images in the fixed probe batch: the first of the training split, at most a tenth of it")
+
+
 class ExperimentConfig(Strict):
     name: str = Field("experiment", min_length=1)
     seed: int = 0
@@ -119,6 +127,7 @@ class ExperimentConfig(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
 
     @field_validator("name")
     @classmethod

@@ -27,6 +27,7 @@ from .losses import build_loss
 from .metrics import classification_report, compute_metrics, top_k
 from .models import build_model, count_parameters
 from .optim import build_optimizer, build_scheduler
+from .stats import TrainingStats  # noqa: F401  (registers the "stats" callback)
 
 
 def _say(msg: str, quiet: bool) -> None:
@@ -73,7 +74,8 @@ def _monitor(cfg: ExperimentConfig, has_val: bool) -> str:
     return m.replace("val_", "train_") if not has_val else m
 
 
-def _build(cfg: ExperimentConfig, data: DataSplits, device: torch.device, run_dir: Path, quiet: bool) -> Trainer:
+def _build(cfg: ExperimentConfig, data: DataSplits, device: torch.device, run_dir: Path, quiet: bool,
+           extra_callbacks: list[Callback] | None = None) -> Trainer:
     k = len(data.class_names)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -90,11 +92,16 @@ def _build(cfg: ExperimentConfig, data: DataSplits, device: torch.device, run_di
     scheduler, sched_monitor = build_scheduler(optimizer, cfg.train)
     es = cfg.train.early_stopping
     monitor = _monitor(cfg, data.val is not None)
+    dg = cfg.diagnostics
     callbacks: list[Callback] = [
+        # First: its record of an epoch must be in the state that the checkpoint callback saves.
+        *([CALLBACKS.get("stats")(run_dir, dg.stats_every, dg.probe_size)] if dg.stats_every else []),
         CALLBACKS.get("early_stopping")(monitor, es.mode, es.patience, es.min_delta),
         CALLBACKS.get("checkpoint")(run_dir / "checkpoints", monitor, es.mode, cfg.checkpoint.every, es.min_delta),
         CALLBACKS.get("history")(run_dir),
         CALLBACKS.get("progress")(cfg.train.epochs, enabled=not quiet),
+        # Last, so they see the epoch after early stopping and the checkpoint (a sweep's pruning hook).
+        *(extra_callbacks or []),
     ]
     meta = {"class_names": list(data.class_names), "mean": list(data.mean), "std": list(data.std),
             "input_shape": list(data.input_shape), "model": cfg.model.name, "source": data.source}
@@ -114,11 +121,12 @@ def _describe(cfg: ExperimentConfig, data: DataSplits, trainer: Trainer, run_dir
 
 # --------------------------------------------------------------------------------- run/resume
 def run(config_or_path: str | Path | ExperimentConfig | dict, overrides: list[str] | dict[str, Any] | None = None,
-        runs_dir: str | Path = "runs", quiet: bool = False) -> Run:
+        runs_dir: str | Path = "runs", quiet: bool = False, extra_callbacks: list[Callback] | None = None) -> Run:
     """Train, evaluate and write a run directory; returns the ``Run``.
 
     ``config_or_path``: a TOML path, a raw dict or an ExperimentConfig. ``overrides``: ``{"train.lr": 0.01}``
-    or ``["train.lr=0.01"]``. Raises UserError on bad input and RunFailure when training fails.
+    or ``["train.lr=0.01"]``. ``extra_callbacks``: more ``Callback`` objects for this run (for example
+    a sweep's pruning hook). Raises UserError on bad input and RunFailure when training fails.
     """
     if isinstance(config_or_path, ExperimentConfig):
         cfg = validate_config(apply_overrides(resolved_dict(config_or_path), overrides), "<config>")
@@ -138,7 +146,7 @@ def run(config_or_path: str | Path | ExperimentConfig | dict, overrides: list[st
                     started=datetime.now().isoformat(timespec="seconds"))
     rd.write_history(run_dir, [])
     seed_everything(cfg.seed, cfg.deterministic)  # model init does not depend on how data loading used the RNG
-    trainer = _build(cfg, data, device, run_dir, quiet)
+    trainer = _build(cfg, data, device, run_dir, quiet, extra_callbacks)
     _describe(cfg, data, trainer, run_dir, quiet)
     return _train_and_finish(cfg, data, trainer, run_dir, quiet)
 
@@ -164,7 +172,6 @@ def resume(run_dir: str | Path, quiet: bool = False) -> Run:
 
 
 def _train_and_finish(cfg: ExperimentConfig, data: DataSplits, trainer: Trainer, run_dir: Path, quiet: bool) -> Run:
-    timer = rd.Timer()
     try:
         trainer.fit()
     except KeyboardInterrupt:
@@ -178,22 +185,34 @@ def _train_and_finish(cfg: ExperimentConfig, data: DataSplits, trainer: Trainer,
         state = rd.load_checkpoint(best)
         trainer.model.load_state_dict(state["model"])
         _say(f"restored the best weights (epoch {state['epoch']})", quiet)
+    failure: str | None = None
     if trainer.epoch > 0 and not (nan and not best.exists()):
-        metrics = _evaluate_all(trainer, data, run_dir)
-        rd.atomic_write_json(run_dir / rd.METRICS, metrics)
-        if not quiet:
-            for split in ("val", "test"):
-                if split in metrics:
-                    print(f"\n{split}: accuracy {metrics[split]['accuracy']:.4f}  loss {metrics[split]['loss']:.4f}")
-            if "test" in metrics:
-                print(classification_report(metrics["test"]))
-    if nan:
-        epoch = trainer.history[-1]["epoch"]
+        try:
+            metrics = _evaluate_all(trainer, data, run_dir)
+        except RunFailure as e:
+            failure = str(e)
+        else:
+            rd.atomic_write_json(run_dir / rd.METRICS, metrics)
+            if not quiet:
+                for split in ("val", "test"):
+                    if split in metrics:
+                        print(f"\n{split}: accuracy {metrics[split]['accuracy']:.4f}  loss {metrics[split]['loss']:.4f}")
+                if "test" in metrics:
+                    print(classification_report(metrics["test"]))
+    if nan or failure:
+        epoch = trainer.history[-1]["epoch"] if trainer.history else 0
         rd.write_status(run_dir, "failed", error="nan", epoch=epoch)
+    if trainer.epoch > 0:
+        from .diagnose import diagnose_after_run
+
+        diagnose_after_run(run_dir, quiet)  # writes diagnostics.json, prints warnings and errors
+    if nan:
         kept = f"the best checkpoint {best} is kept and evaluated" if best.exists() else "no checkpoint was good"
         raise RunFailure(f"training stopped at epoch {epoch}: the loss became NaN or infinite (usually a learning "
-                         f"rate too high for this model; try a lower train.lr, train.grad_clip or BatchNorm); {kept}. "
-                         f"Run directory: {run_dir}.")
+                         f"rate too high for this model; try a lower train.lr, train.grad_clip or BatchNorm); {kept}"
+                         f"{'; ' + failure if failure else ''}. Run directory: {run_dir}.")
+    if failure:
+        raise RunFailure(f"{failure} Run directory: {run_dir}.")
     rd.write_status(run_dir, "completed", epoch=trainer.epoch, stop_reason=trainer.stop_reason,
                     train_seconds=round(sum(h["seconds"] for h in trainer.history), 3),
                     finished=datetime.now().isoformat(timespec="seconds"))
@@ -210,6 +229,9 @@ def _evaluate_all(trainer: Trainer, data: DataSplits, run_dir: Path) -> dict[str
             continue
         dev = DeviceSplit.of(split, trainer.device)
         probs, loss, _ = trainer.evaluate(dev)
+        if not np.isfinite(probs).all():
+            raise RunFailure(f"the model's outputs on the {name} split are not finite: its weights overflowed "
+                             f"(a learning rate far too high?), so no metrics were written.")
         y = split.y.numpy()
         out[name] = compute_metrics(y, probs, data.class_names, loss)
         rd.atomic_savez(run_dir / "predictions" / f"{name}.npz", y_true=y, y_prob=probs.astype(np.float32),
