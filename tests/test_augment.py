@@ -41,3 +41,19 @@ def test_normalizer_matches_torchvision():
     out = Normalizer(mean, std, torch.device("cpu"))(x)
     ref = TF.normalize(x.float() / 255, mean, std)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_alternating_flip_batched_equals_per_image_flips():
+    from cnnlab.augment import alternating_flip_mask, augment_batch
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (10, 3, 6, 6), dtype=torch.uint8, generator=g)
+    base = torch.rand(10, generator=g) < 0.5
+    idx = torch.tensor([3, 7, 1, 0])
+    for epoch in range(3):
+        mask = alternating_flip_mask(base, idx, epoch)
+        out = augment_batch(x[idx], 0, "alternate", None, mask)
+        for j, i in enumerate(idx.tolist()):
+            flipped = bool(base[i]) != (epoch % 2 == 1)
+            assert torch.equal(out[j], TF.hflip(x[i]) if flipped else x[i])
+    assert torch.equal(augment_batch(x, 0, False, None), x)

@@ -126,3 +126,195 @@ def test_unavailable_device_is_user_error():
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="not available"):
             resolve_device("cuda")
+
+
+# ------------------------------------------------------------------- speed techniques (issue 3)
+def _cfg(**train):
+    return ExperimentConfig.model_validate({"seed": 3, "train": {"epochs": 2, "batch_size": 16, "optimizer": "sgd",
+                                                                 "lr": 0.05, "device": "cpu", **train}})
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch):
+    """A compiler that fails on the first call: training warns, continues eagerly, and ends with
+    exactly the weights of a run without train.compile (BatchNorm statistics put back)."""
+    x, y = data()
+    calls = []
+
+    def broken_compile(module, *a, **k):
+        def fails(inp):
+            calls.append(1)
+            module(inp)  # runs (and touches BatchNorm statistics) before failing, like a late compiler error
+            raise RuntimeError("no C++ compiler found")
+        return fails
+
+    eager = make_trainer(_cfg(), small_model(), x, y)
+    eager.fit()
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    compiled = make_trainer(_cfg(compile=True), small_model(), x, y)
+    with pytest.warns(RuntimeWarning, match="train.compile: torch.compile failed in training"):
+        compiled.fit()
+    assert len(calls) == 1  # checked once, then eager for good (evaluation too)
+    for (k, a), b in zip(eager.model.state_dict().items(), compiled.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    with pytest.warns(RuntimeWarning, match="setup"):
+        monkeypatch.setattr(torch, "compile", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("unsupported")))
+        make_trainer(_cfg(compile=True), small_model(), x, y).fit()
+
+
+def test_compile_keeps_checkpoint_keys_and_results(monkeypatch):
+    """With a working compiler (dynamo with the light 'eager' backend, fast on a CPU) the weights
+    match an uncompiled run and the state_dict keys carry no `_orig_mod.` prefix."""
+    x, y = data()
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, **k: real(m, backend="eager"))
+    compiled = make_trainer(_cfg(compile=True), small_model(), x, y)
+    compiled.fit()
+    eager = make_trainer(_cfg(), small_model(), x, y)
+    eager.fit()
+    state = compiled.state_dict()["model"]
+    assert list(state) == list(eager.model.state_dict())
+    assert not any("_orig_mod" in k for k in state)
+    # The one-off compilation is reported apart from the epoch's training time.
+    assert compiled.history[0]["compile_seconds"] > 0 and "compile_seconds" not in compiled.history[1]
+    assert "compile_seconds" not in eager.history[0]
+    for k, v in eager.model.state_dict().items():
+        torch.testing.assert_close(state[k].float(), v.float(), rtol=1e-5, atol=1e-6, msg=k)
+
+
+def _symmetric(n=12):
+    x, y = data(n)
+    half = x[..., :4]
+    return torch.cat([half, half.flip(3)], dim=3), y  # (N, 1, 8, 8), mirror-symmetric
+
+
+def test_tta_flip_on_symmetric_images_equals_no_tta():
+    x, y = _symmetric()
+    norm = Normalizer((0.5,), (0.25,), torch.device("cpu"))
+    plain, _ = predict(small_model(), DeviceSplit(x, y), norm, 5)
+    flip, _ = predict(small_model(), DeviceSplit(x, y), norm, 5, tta="flip")
+    np.testing.assert_allclose(flip, plain, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("tta", ["flip", "flip_translate"])
+def test_tta_averages_logits_of_the_views(tta):
+    x, y = data(10)
+    norm = Normalizer((0.5,), (0.25,), torch.device("cpu"))
+    model = small_model().eval()
+    probs, loss = predict(model, DeviceSplit(x, y), norm, 7, loss_fn=nn.CrossEntropyLoss(), tta=tta)
+    assert probs.shape == (10, 3) and math.isfinite(loss)
+    np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-5)
+    xf = norm(x)
+    with torch.no_grad():
+        logits = 0.5 * model(xf) + 0.5 * model(xf.flip(3))
+        if tta == "flip_translate":  # airbench: reflect-pad 1 and shift by one pixel both ways
+            p = torch.nn.functional.pad(xf, (1, 1, 1, 1), mode="reflect")
+            shifted = [p[:, :, 0:8, 0:8], p[:, :, 2:10, 2:10]]
+            both = torch.stack([0.5 * model(s) + 0.5 * model(s.flip(3)) for s in shifted]).mean(0)
+            logits = 0.5 * logits + 0.5 * both
+    np.testing.assert_allclose(probs, logits.softmax(1).numpy(), rtol=1e-4, atol=1e-6)
+    with pytest.raises(UserError, match="tta"):
+        predict(model, DeviceSplit(x, y), norm, 7, tta="rotate")
+
+
+class Recorder(Callback):
+    """The model's state after every optimizer step."""
+
+    def __init__(self):
+        self.states = []
+
+    def on_train_batch_end(self, trainer, step, steps):
+        self.states.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+
+
+def test_ema_weights_follow_the_ema_formula_and_are_used_for_evaluation():
+    from cnnlab.callbacks import WeightEMA
+
+    x, y = data()
+    model = small_model()
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    ema, rec = WeightEMA(model, decay=0.8, every=2), Recorder()
+    trainer = make_trainer(_cfg(), model, x, y, [ema, rec])
+    trainer.fit()
+    expected = init
+    for step, state in enumerate(rec.states, start=1):
+        if step % 2 == 0:
+            expected = {k: (0.8 * expected[k] + 0.2 * v) if v.is_floating_point() else v for k, v in state.items()}
+    got = ema.average.state_dict()
+    assert len(rec.states) == 8
+    for k, v in expected.items():
+        torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    assert trainer.eval_module is ema.average
+    probs, _, _ = trainer.evaluate(trainer.train)
+    ref, _ = predict(ema.average, trainer.train, trainer.norm, 64)
+    np.testing.assert_allclose(probs, ref, rtol=1e-6)
+
+
+def test_lookahead_copies_the_average_back():
+    from cnnlab.callbacks import WeightEMA
+
+    x, y = data()
+    model = small_model()
+    ema = WeightEMA(model, decay=0.5, every=3, mode="lookahead", ramp="cubic")
+    trainer = make_trainer(_cfg(epochs=1), model, x, y, [ema])
+    trainer.fit()  # 4 steps: the update at step 3 copied the average into the model, step 4 moved it
+    trainer.optimizer.zero_grad()
+    ema.on_train_batch_end(trainer, 0, 1)  # step 5: no update
+    ema.on_train_batch_end(trainer, 0, 1)  # step 6: update with decay 0.5 * (6/4 -> 1)^3, then copy back
+    for (k, a), b in zip(model.state_dict().items(), ema.average.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+class StopAfter(Callback):
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, trainer, logs):
+        if logs["epoch"] == self.epoch:
+            trainer.should_stop = True
+
+
+def test_resume_is_exact_with_ema_alternating_flips_and_bn_groups():
+    """Stop after epoch 1, restore the trainer state into a fresh trainer, finish: the model, the
+    EMA average and the optimizer end bitwise equal to an uninterrupted run."""
+    from cnnlab.callbacks import WeightEMA
+
+    x, y = data()
+    cfg = ExperimentConfig.model_validate({
+        "seed": 5, "data": {"augment": {"crop_padding": 1, "hflip": "alternate"}},
+        "train": {"epochs": 3, "batch_size": 16, "optimizer": "sgd", "lr": 0.05, "device": "cpu",
+                  "bn_bias_lr_scale": 8.0, "scheduler": "onecycle"}})
+
+    def trainer(*extra):
+        model = small_model()
+        return make_trainer(cfg, model, x, y, [WeightEMA(model, 0.9, 1, "ema", "cubic"), *extra])
+
+    full = trainer()
+    full.fit()
+    first = trainer(StopAfter(1))
+    first.fit()
+    state = first.state_dict()
+    second = trainer()
+    second.load_state_dict(state)
+    second.fit()
+    for a, b in ((full.model, second.model), (full.callbacks[0].average, second.callbacks[0].average)):
+        for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(v, w), k
+    assert [g["lr"] for g in full.optimizer.param_groups] == [g["lr"] for g in second.optimizer.param_groups]
+
+
+def test_alternating_flips_in_the_trainer_alternate_per_image():
+    x, y = data(32)
+    cfg = ExperimentConfig.model_validate({"data": {"augment": {"hflip": "alternate"}},
+                                           "train": {"epochs": 1, "batch_size": 8, "device": "cpu"}})
+    trainer = make_trainer(cfg, small_model(), x, y)
+    base = trainer.flip_base.clone()
+    assert base.shape == (32,) and 0 < int(base.sum()) < 32
+    from cnnlab.augment import alternating_flip_mask
+
+    idx = torch.arange(32)
+    masks = [alternating_flip_mask(trainer.flip_base, idx, e) for e in range(4)]
+    assert torch.equal(masks[0], base)
+    for a, b in zip(masks, masks[1:]):
+        assert torch.equal(a, ~b)  # every image flips state from one epoch to the next
+    # Same seed -> same base (a resumed run rebuilds it), another seed -> other flips.
+    assert torch.equal(make_trainer(cfg, small_model(), x, y).flip_base, base)

@@ -64,3 +64,64 @@ def test_warmup_with_plateau_is_refused():
     t = TrainConfig(scheduler={"name": "plateau", "warmup_epochs": 2})
     with pytest.raises(UserError, match="warmup"):
         build_scheduler(build_optimizer(model(), t), t)
+
+
+def bn_model():
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                               torch.nn.Linear(4, 2))
+
+
+def test_default_has_one_param_group():
+    opt = build_optimizer(bn_model(), TrainConfig(optimizer="sgd", lr=0.1))
+    assert len(opt.param_groups) == 1 and len(opt.param_groups[0]["params"]) == 6
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "onecycle", "cyclic", "linear", "step"])
+def test_bn_bias_lr_scale_param_groups_survive_scheduler_and_checkpoint(scheduler):
+    m = bn_model()
+    t = TrainConfig(optimizer="sgd", lr=0.1, weight_decay=1e-3, bn_bias_lr_scale=64.0, bn_weight_decay=0.0,
+                    epochs=6, scheduler=scheduler)
+    opt = build_optimizer(m, t)
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert [g["name"] for g in opt.param_groups] == ["other", "bn_weight", "bn_bias"]  # logged lr = group 0
+    assert groups["bn_bias"]["params"] == [m[1].bias] and groups["bn_weight"]["params"] == [m[1].weight]
+    assert len(groups["other"]["params"]) == 4
+    assert groups["bn_bias"]["lr"] == pytest.approx(6.4) and groups["other"]["lr"] == pytest.approx(0.1)
+    # The bias group's decay per step lr * wd equals the others' (airbench's bias_scaler); BN wd = 0 here.
+    assert groups["bn_bias"]["weight_decay"] == 0.0 and groups["other"]["weight_decay"] == 1e-3
+    sched, _ = build_scheduler(opt, t)
+    for _ in range(3):
+        opt.step()
+        sched.step()
+        other, _, bias = (g["lr"] for g in opt.param_groups)
+        assert bias == pytest.approx(64 * other)  # every scheduler keeps the ratio
+    # Checkpoint round trip with several groups.
+    opt2 = build_optimizer(bn_model(), t)
+    sched2, _ = build_scheduler(opt2, t)
+    opt2.load_state_dict(opt.state_dict())
+    sched2.load_state_dict(sched.state_dict())
+    opt.step(), sched.step(), opt2.step(), sched2.step()
+    assert [g["lr"] for g in opt.param_groups] == [g["lr"] for g in opt2.param_groups]
+
+
+def test_bn_weight_decay_is_divided_by_the_bias_scale():
+    t = TrainConfig(optimizer="sgd", lr=0.5, weight_decay=2e-3, bn_bias_lr_scale=4.0)
+    g = {g["name"]: g for g in build_optimizer(bn_model(), t).param_groups}
+    assert g["bn_bias"]["lr"] * g["bn_bias"]["weight_decay"] == pytest.approx(0.5 * 2e-3)
+    assert g["bn_weight"]["weight_decay"] == 2e-3
+
+
+def test_linear_schedule_rises_then_decays():
+    m = model()
+    t = TrainConfig(optimizer="sgd", lr=1.0, epochs=10, scheduler={"name": "linear", "start_factor": 0.2,
+                                                                   "peak": 0.2, "end_factor": 0.1})
+    opt = build_optimizer(m, t)
+    sched, _ = build_scheduler(opt, t)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(0.2) and lrs[2] == pytest.approx(1.0) and lrs[10] == pytest.approx(0.1)
+    assert lrs[:3] == sorted(lrs[:3]) and lrs[2:] == sorted(lrs[2:], reverse=True)

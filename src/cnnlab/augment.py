@@ -37,6 +37,14 @@ def flip_with_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask[:, None, None, None], x.flip(3), x)
 
 
+def alternating_flip_mask(base: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:
+    """airbench's alternating flip: ``base`` (N,) bool is each training image's flip in epoch 0 (a fair
+    coin per image, drawn once); in epoch e the image is flipped iff ``base XOR (e odd)``, so every
+    image is seen mirrored in exactly one of any two consecutive epochs. Returns the (B,) mask of the
+    batch ``idx`` (B,) int64. Pure function of (base, epoch): a resumed run gets the same flips."""
+    return base[idx] ^ bool(epoch % 2)
+
+
 def random_hflip(x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
     """Horizontal flip with probability 0.5 per image."""
     mask = torch.rand(x.shape[0], device=x.device, generator=gen) < 0.5
@@ -57,10 +65,17 @@ class Normalizer:
         return torch.addcmul(self.shift, x.float(), self.scale)
 
 
-def augment_batch(x: torch.Tensor, crop_padding: int, hflip: bool, gen: torch.Generator | None) -> torch.Tensor:
-    """The configured augmentation for one uint8 training batch on its device."""
+def augment_batch(x: torch.Tensor, crop_padding: int, hflip: bool | str, gen: torch.Generator | None,
+                  flip_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The configured augmentation for one uint8 training batch on its device. ``hflip``: True =
+    random flips from ``gen``; "alternate" = the given ``flip_mask`` (B,) bool (see
+    :func:`alternating_flip_mask`); False = none."""
     if crop_padding:
         x = random_crop(x, crop_padding, gen)
-    if hflip:
+    if hflip == "alternate":
+        if flip_mask is None:
+            raise ValueError("hflip = 'alternate' needs the batch's flip_mask")
+        x = flip_with_mask(x, flip_mask)
+    elif hflip is True:
         x = random_hflip(x, gen)
     return x

@@ -9,10 +9,13 @@ sets ``trainer.should_stop``.
 
 from __future__ import annotations
 
+import copy
 import math
 import operator
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
 
 from .errors import UserError
 from .registry import Registry
@@ -128,6 +131,78 @@ class ModelCheckpoint(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.tracker.load_state_dict(state["tracker"])
+
+
+# How the decay grows over training, as a function of (decay, fraction of all steps done in [0, 1]).
+# cubic is airbench's lookahead schedule: a small decay early, when the weights move fast.
+EMA_RAMPS: dict[str, Callable[[float, float], float]] = {
+    "none": lambda decay, frac: decay,
+    "cubic": lambda decay, frac: decay * frac ** 3,
+}
+
+
+@CALLBACKS.register("ema")
+class WeightEMA(Callback):
+    """An exponential moving average of the model's floating-point state (weights and BatchNorm
+    running statistics), updated every ``every`` optimizer steps as
+    ``avg = decay * avg + (1 - decay) * current`` (integer buffers such as BatchNorm's step counter
+    are copied). Evaluation uses the average: the callback sets ``trainer.eval_module`` to a copy of
+    the model that holds it. ``lookahead`` also copies the average back into the trained model at
+    each update (airbench's Lookahead). The average is part of ``state_dict``, so checkpoints hold
+    both weight sets and a resumed run continues exactly."""
+
+    holds_weights = True  # trainer.load_weights (restore the best epoch) loads this state too
+
+    def __init__(self, model: torch.nn.Module, decay: float, every: int = 1, mode: str = "ema",
+                 ramp: str = "none"):
+        if mode not in ("ema", "lookahead"):
+            raise UserError(f"train.ema.mode = {mode!r}: use off, ema or lookahead.")
+        if ramp not in EMA_RAMPS:
+            raise UserError(f"train.ema.ramp = {ramp!r}: use one of {', '.join(EMA_RAMPS)}.")
+        self.model, self.decay, self.every, self.mode, self.ramp = model, decay, every, mode, ramp
+        self.average = copy.deepcopy(model).eval()  # same layout (and memory format) as the model
+        for p in self.average.parameters():
+            p.requires_grad_(False)
+        self.steps = 0  # optimizer steps seen since the start of the run (not reset by resume)
+        self._pair_tensors()
+
+    def _pair_tensors(self) -> None:
+        # state_dict() tensors share storage with the modules; load_state_dict copies in place, so
+        # these lists stay valid for the whole run. avg (float), cur (float), and integer pairs.
+        avg, cur = self.average.state_dict(keep_vars=False), self.model.state_dict(keep_vars=False)
+        floats = [k for k, v in cur.items() if v.is_floating_point()]
+        self._avg_f, self._cur_f = [avg[k] for k in floats], [cur[k] for k in floats]
+        self._ints = [(avg[k], cur[k]) for k, v in cur.items() if not v.is_floating_point()]
+
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        trainer.eval_module = self.average
+        self.total_steps = max(1, trainer.steps_per_epoch * trainer.t.epochs)
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer: "Trainer", step: int, steps: int) -> None:
+        self.steps += 1
+        if self.steps % self.every:
+            return
+        decay = EMA_RAMPS[self.ramp](self.decay, min(1.0, self.steps / getattr(self, "total_steps", self.steps)))
+        torch._foreach_lerp_(self._avg_f, self._cur_f, 1.0 - decay)  # avg += (1 - decay) * (cur - avg)
+        for a, c in self._ints:
+            a.copy_(c)
+        if self.mode == "lookahead":
+            torch._foreach_copy_(self._cur_f, self._avg_f)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weights": self.average.state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.average.load_state_dict(state["weights"])
+        self.steps = int(state["steps"])
+
+
+def eval_weights(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The weights a checkpoint's run evaluated with: the EMA average when the run kept one, else
+    the model's own weights (``checkpoint["model"]``)."""
+    ema = checkpoint.get("callbacks", {}).get(WeightEMA.__name__)
+    return ema["weights"] if ema else checkpoint["model"]
 
 
 @CALLBACKS.register("history")

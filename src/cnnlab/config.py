@@ -33,7 +33,9 @@ class Open(BaseModel):
 # ---------------------------------------------------------------------------------------- data
 class AugmentConfig(Strict):
     crop_padding: int = Field(0, ge=0, description="random crop after zero padding of this many pixels; 0 = off")
-    hflip: bool = Field(False, description="random horizontal flip with probability 0.5")
+    hflip: bool | Literal["alternate"] = Field(
+        False, description="true = random horizontal flip with probability 0.5; \"alternate\" = airbench's scheme: "
+        "a random flip per image in epoch 1, then every image flipped the other way than in the epoch before")
 
 
 class DataConfig(Strict):
@@ -81,6 +83,18 @@ class LossConfig(Open):
     name: str = "cross_entropy"
 
 
+class EMAConfig(Strict):
+    """Averaged weights for evaluation (``[train.ema]``): an exponential moving average of the
+    weights and BatchNorm statistics, updated every ``every`` optimizer steps. ``lookahead`` also
+    copies the average back into the trained weights at each update (airbench's scheme)."""
+
+    mode: Literal["off", "ema", "lookahead"] = Field("off", description="off, ema (average kept aside) or lookahead (average copied back into the model)")
+    decay: float = Field(0.999, ge=0, lt=1, description="weight of the old average at each update")
+    every: int = Field(1, ge=1, description="optimizer steps between updates")
+    ramp: Literal["none", "cubic"] = Field(
+        "none", description="cubic = decay * (step / total steps)^3, airbench's lookahead schedule (small decay early)")
+
+
 class TrainConfig(Strict):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -98,6 +112,14 @@ class TrainConfig(Strict):
     device: str = Field("auto", description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     channels_last: bool = Field(True, description="channels_last (NHWC) memory format for conv nets")
     eval_batch_size: int = Field(1024, ge=1)
+    compile: bool = Field(False, description="torch.compile the model's forward; falls back to eager with a warning when it cannot compile")
+    threads: int | None = Field(None, ge=1, description="torch.set_num_threads for the run; unset = torch's default")
+    tta: Literal["none", "flip", "flip_translate"] = Field(
+        "none", description="test-time augmentation of the final evaluation: average logits over the mirrored "
+        "image (flip) and 1-pixel translations (flip_translate); per-epoch validation runs without it")
+    bn_bias_lr_scale: float = Field(1.0, gt=0, description="lr multiplier of BatchNorm biases (airbench: 64); their weight decay is divided by it so the decay per step is unchanged")
+    bn_weight_decay: float | None = Field(None, ge=0, description="weight decay of BatchNorm weights and biases; unset = weight_decay")
+    ema: EMAConfig = Field(default_factory=EMAConfig)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
 
     @field_validator("scheduler", "loss", mode="before")

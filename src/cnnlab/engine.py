@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from .augment import Normalizer, augment_batch
+from .augment import Normalizer, alternating_flip_mask, augment_batch
 from .callbacks import Callback
 from .config import ExperimentConfig
 from .errors import UserError
@@ -96,22 +98,71 @@ def _output_probs(model: nn.Module, out: torch.Tensor) -> torch.Tensor:
     return out.float() if getattr(model, "softmax_output", False) else out.float().softmax(dim=1)
 
 
+# ----------------------------------------------------------------------- test-time augmentation
+def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """(B, C, H, W) float -> same shape, content moved by (dy, dx) in {-1, 0, 1} pixels; the edge
+    that comes in is reflected (airbench's F.pad(..., 'reflect'), which needs H, W >= 2)."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")  # (B, C, H+2, W+2)
+    return padded[:, :, 1 - dy:1 - dy + h, 1 - dx:1 - dx + w]
+
+
+def _mirror(x: torch.Tensor) -> torch.Tensor:
+    return x.flip(3)
+
+
+def _same(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+# The views of each train.tta mode as (weight, view function) pairs; the model's outputs (logits)
+# are averaged with these weights, as airbench's infer(tta_level) does: flip = (original + mirror)
+# / 2; flip_translate = half the flip average plus half the flip average of the two 1-pixel
+# translations (up-left, down-right).
+TTA_VIEWS: dict[str, tuple[tuple[float, Callable[[torch.Tensor], torch.Tensor]], ...]] = {
+    "none": ((1.0, _same),),
+    "flip": ((0.5, _same), (0.5, _mirror)),
+    "flip_translate": (
+        (0.25, _same), (0.25, _mirror),
+        (0.125, lambda x: _shift(x, -1, -1)), (0.125, lambda x: _mirror(_shift(x, -1, -1))),
+        (0.125, lambda x: _shift(x, 1, 1)), (0.125, lambda x: _mirror(_shift(x, 1, 1))),
+    ),
+}
+
+
 @torch.no_grad()
 def predict(model: nn.Module, split: DeviceSplit, norm: Normalizer, batch_size: int,
             amp: torch.dtype | None = None, loss_fn: nn.Module | None = None,
-            channels_last: bool = False) -> tuple[np.ndarray, float | None]:
-    """Eval-mode probabilities (N, K) float32 and the mean loss (None without ``loss_fn``)."""
+            channels_last: bool = False, tta: str = "none",
+            forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[np.ndarray, float | None]:
+    """Eval-mode probabilities (N, K) float32 and the mean loss (None without ``loss_fn``).
+
+    ``tta``: a key of :data:`TTA_VIEWS`; the V views of a chunk of ``batch_size // V`` images run as
+    one batch on the device and their outputs are averaged with the views' weights (logits, or
+    probabilities for a softmax_output model) before softmax and loss. ``forward``: the callable
+    that runs the model (a compiled version of it); default ``model`` itself."""
+    if tta not in TTA_VIEWS:
+        raise UserError(f"train.tta = {tta!r} is not a test-time augmentation; use one of {', '.join(TTA_VIEWS)}.")
+    views = TTA_VIEWS[tta]
+    weights = torch.tensor([w for w, _ in views], device=split.x.device).view(-1, 1, 1)  # (V, 1, 1)
+    chunk = max(1, batch_size // len(views))
+    fwd = forward if forward is not None else model
     model.eval()
     device = split.x.device
     probs, loss_sum = [], torch.zeros((), device=device)
-    for i in range(0, len(split), batch_size):
-        x = norm(split.x[i:i + batch_size])
+    for i in range(0, len(split), chunk):
+        x = norm(split.x[i:i + chunk])
+        b = x.shape[0]
+        if len(views) > 1:
+            x = torch.cat([view(x) for _, view in views])  # (V*B, C, H, W), view-major
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp):
-            out = model(x)
+            out = fwd(x)
+        if len(views) > 1:
+            out = (out.float().view(len(views), b, -1) * weights).sum(0)  # (B, K)
         if loss_fn is not None:
-            y = split.y[i:i + batch_size]
+            y = split.y[i:i + chunk]
             loss_sum += loss_fn(out.float(), y).float() * len(y)
         probs.append(_output_probs(model, out))
     k = probs[0].shape[1] if probs else 0
@@ -141,6 +192,19 @@ class Trainer:
         self.channels_last = self.t.channels_last and has_conv(model)
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(cfg.seed)
+        # Evaluation uses this module when a callback sets it (the EMA weights), else self.model.
+        self.eval_module: nn.Module | None = None
+        # train.compile: the compiled forward for training and for evaluation; each is checked on its
+        # first use and replaced by eager (None) with a warning if it fails. self.model stays the
+        # uncompiled module, so state_dict keys (and checkpoints) are the same with or without it.
+        self._compiled_train = self._compiled_eval = _compile(model) if self.t.compile else None
+        self._unchecked = {"train", "eval"}
+        self.compile_seconds = 0.0  # wall time of the first compiled training step (mostly compilation)
+        # hflip = "alternate": each training image's flip in epoch 0, (N,) bool, drawn once from the
+        # engine generator (so a resumed run, which rebuilds the trainer from the seed, gets the same).
+        aug = cfg.data.augment
+        self.flip_base = (torch.rand(len(train), device=device, generator=self.gen) < 0.5
+                          if aug.hflip == "alternate" else None)
         self.epoch = 0  # completed epochs
         self.history: list[dict[str, Any]] = []
         self.should_stop = False
@@ -163,13 +227,17 @@ class Trainer:
         while self.epoch < self.t.epochs and not self.should_stop:
             for cb in self.callbacks:
                 cb.on_epoch_start(self)
-            t0 = time.perf_counter()
+            t0, compile_before = time.perf_counter(), self.compile_seconds
             train_loss, train_acc = self.train_epoch()
-            seconds = time.perf_counter() - t0
+            # Training time excludes the one-off compilation (reported as compile_seconds instead).
+            compiled_now = self.compile_seconds - compile_before
+            seconds = time.perf_counter() - t0 - compiled_now
             _, val_loss, val_acc = self.evaluate(self.val) if self.val is not None else (None, None, None)
             logs = {"epoch": self.epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
                     "val_loss": val_loss, "val_acc": val_acc, "lr": self.current_lr(),
                     "seconds": round(seconds, 4), "images_per_s": round(self.n_seen / max(seconds, 1e-9), 1)}
+            if compiled_now:
+                logs["compile_seconds"] = round(compiled_now, 3)
             self.epoch += 1
             if not all(v is None or math.isfinite(v) for v in (train_loss, val_loss)):
                 self.should_stop, self.stop_reason = True, "nan"
@@ -193,15 +261,16 @@ class Trainer:
         start = time.perf_counter()
         for step in range(self.steps_per_epoch):
             idx = order[step * t.batch_size:(step + 1) * t.batch_size]
-            x = self.norm(augment_batch(x_all[idx], aug.crop_padding, aug.hflip, self.gen))
+            flips = alternating_flip_mask(self.flip_base, idx, self.epoch) if self.flip_base is not None else None
+            x = self.norm(augment_batch(x_all[idx], aug.crop_padding, aug.hflip, self.gen, flips))
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = y_all[idx]
-            with autocast(self.device, self.amp):
-                out = self.model(x)
-                loss = self.loss_fn(out.float(), y)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            if "train" in self._unchecked and self._compiled_train is not None:
+                out, loss = self._checked_compiled_step(x, y)
+            else:
+                forward = self._compiled_train if self._compiled_train is not None else self.model
+                out, loss = self._forward_backward(forward, x, y)
             if t.grad_clip:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
@@ -215,6 +284,37 @@ class Trainer:
         n = min(self.n_seen, len(order))
         return float(loss_sum) / n, float(correct) / n
 
+    def _forward_backward(self, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                          y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, loss and backward of one batch; returns (outputs (B, K), loss ())."""
+        with autocast(self.device, self.amp):
+            out = forward(x)
+            loss = self.loss_fn(out.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        return out, loss
+
+    def _checked_compiled_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first compiled step (forward and backward both compile lazily): if compilation fails,
+        warn, put the BatchNorm statistics back as they were before the attempt and run it eagerly,
+        so the fallback trains exactly like a run without train.compile."""
+        self._unchecked.discard("train")
+        buffers = [b.detach().clone() for b in self.model.buffers()]
+        t0 = time.perf_counter()
+        try:
+            out, loss = self._forward_backward(self._compiled_train, x, y)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.compile_seconds += time.perf_counter() - t0
+            return out, loss
+        except Exception as e:  # any compiler failure: no C++ compiler, unsupported op, backend error
+            self._compiled_train = None
+            _warn_compile(e, "training")
+            with torch.no_grad():
+                for b, saved in zip(self.model.buffers(), buffers):
+                    b.copy_(saved)
+            return self._forward_backward(self.model, x, y)
+
     def epoch_order(self) -> torch.Tensor:
         """Indices of this epoch's images: a permutation, or a class-balanced draw with replacement."""
         n = len(self.train)
@@ -222,10 +322,26 @@ class Trainer:
             return torch.multinomial(self.sample_weight, n, replacement=True, generator=self.gen)
         return torch.randperm(n, device=self.device, generator=self.gen)
 
-    def evaluate(self, split: DeviceSplit) -> tuple[np.ndarray, float, float]:
-        """(probabilities (N, K), mean loss, accuracy) in eval mode."""
-        probs, loss = predict(self.model, split, self.norm, self.t.eval_batch_size, self.amp, self.loss_fn,
-                              self.channels_last)
+    def evaluate(self, split: DeviceSplit, tta: str = "none") -> tuple[np.ndarray, float, float]:
+        """(probabilities (N, K), mean loss, accuracy) in eval mode, with the EMA weights when a callback
+        provides them (``eval_module``) and the test-time augmentation ``tta`` (a TTA_VIEWS key)."""
+        model = self.eval_module if self.eval_module is not None else self.model
+        compiled = self._compiled_eval if self.eval_module is None else None
+
+        def run(forward):
+            return predict(model, split, self.norm, self.t.eval_batch_size, self.amp, self.loss_fn,
+                           self.channels_last, tta, forward)
+
+        if compiled is not None and "eval" in self._unchecked:
+            self._unchecked.discard("eval")
+            try:
+                probs, loss = run(compiled)
+            except Exception as e:  # evaluation changes no state: simply run it again eagerly
+                self._compiled_eval = None
+                _warn_compile(e, "evaluation")
+                probs, loss = run(None)
+        else:
+            probs, loss = run(compiled)
         acc = float((probs.argmax(1) == split.y.cpu().numpy()).mean()) if len(split) else float("nan")
         return probs, loss, acc
 
@@ -272,6 +388,15 @@ class Trainer:
             "meta": self.meta,
         }
 
+    def load_weights(self, state: dict[str, Any]) -> None:
+        """Only the weights of a checkpoint: the model's and those of callbacks that hold weights
+        (``holds_weights``: the EMA average). Used to restore the best epoch before the final evaluation."""
+        self.model.load_state_dict(state["model"])
+        for cb in self.callbacks:
+            name = type(cb).__name__
+            if getattr(cb, "holds_weights", False) and name in state.get("callbacks", {}):
+                cb.load_state_dict(state["callbacks"][name])
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -286,6 +411,22 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
+
+
+def _compile(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """torch.compile(model), or None with a warning where torch.compile itself is unavailable. The
+    compiled wrapper shares the model's parameters; compilation happens on the first call."""
+    try:
+        return torch.compile(model)
+    except Exception as e:
+        _warn_compile(e, "setup")
+        return None
+
+
+def _warn_compile(e: BaseException, where: str) -> None:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    warnings.warn(f"train.compile: torch.compile failed in {where} ({type(e).__name__}: {first}); "
+                  f"continuing without compilation (eager mode).", RuntimeWarning, stacklevel=3)
 
 
 def has_conv(model: nn.Module) -> bool:

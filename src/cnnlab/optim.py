@@ -43,9 +43,48 @@ def _rmsprop(params, t: TrainConfig):
     return torch.optim.RMSprop(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
 
 
+# Normalization layers whose affine weight/bias form the "bn" parameter groups.
+_NORM_LAYERS = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
+
+
+def param_groups(model: torch.nn.Module, train: TrainConfig) -> list[dict] | list[torch.nn.Parameter]:
+    """The optimizer's parameters. With ``bn_bias_lr_scale == 1`` and no ``bn_weight_decay``: one
+    plain list (exactly the optimizer a model always had). Otherwise up to three groups, the rest
+    first (so ``param_groups[0]["lr"]`` is the lr that is logged): the other parameters; the
+    normalization layers' weights (weight decay ``bn_weight_decay``); their biases, with lr
+    ``lr * bn_bias_lr_scale`` and weight decay ``bn_weight_decay / bn_bias_lr_scale``, so that with
+    SGD only the gradient step grows while the decay per step (lr * weight_decay) stays the same
+    (airbench's bias_scaler). Trainable parameters only; empty groups are left out."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if train.bn_bias_lr_scale == 1.0 and train.bn_weight_decay is None:
+        return trainable
+    norm_w: dict[int, torch.nn.Parameter] = {}
+    norm_b: dict[int, torch.nn.Parameter] = {}
+    for m in model.modules():
+        if isinstance(m, _NORM_LAYERS):
+            for store, p in ((norm_w, getattr(m, "weight", None)), (norm_b, getattr(m, "bias", None))):
+                if isinstance(p, torch.nn.Parameter) and p.requires_grad:
+                    store[id(p)] = p
+    rest = [p for p in trainable if id(p) not in norm_w and id(p) not in norm_b]
+    bn_wd = train.weight_decay if train.bn_weight_decay is None else train.bn_weight_decay
+    scale = train.bn_bias_lr_scale
+    groups = [
+        {"params": rest, "name": "other"},
+        {"params": list(norm_w.values()), "name": "bn_weight", "weight_decay": bn_wd},
+        {"params": list(norm_b.values()), "name": "bn_bias", "lr": train.lr * scale, "weight_decay": bn_wd / scale},
+    ]
+    return [g for g in groups if g["params"]]
+
+
 def build_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    return OPTIMIZERS.get(train.optimizer)(params, train)
+    """The configured optimizer over :func:`param_groups` (BatchNorm groups when configured)."""
+    return OPTIMIZERS.get(train.optimizer)(param_groups(model, train), train)
+
+
+def _group_scales(opt: torch.optim.Optimizer, t: TrainConfig) -> list[float]:
+    """Each param group's lr relative to train.lr (1.0 except a scaled BatchNorm-bias group): the
+    schedulers that take absolute lrs (cyclic, onecycle) get one value per group, scaled alike."""
+    return [g["lr"] / t.lr for g in opt.param_groups]
 
 
 # -------------------------------------------------------------------------------- schedulers
@@ -84,6 +123,12 @@ class CyclicParams(_P):
     mode: Literal["triangular", "triangular2", "exp_range"] = "triangular"
 
 
+class LinearParams(_P):
+    start_factor: float = Field(0.2, gt=0, description="lr / train.lr at the start")
+    peak: float = Field(0.23, ge=0, lt=1, description="fraction of the epochs spent rising linearly to train.lr")
+    end_factor: float = Field(0.07, ge=0, description="lr / train.lr after the last epoch (linear decay)")
+
+
 class OneCycleParams(_P):
     max_lr: float | None = Field(None, gt=0, description="peak lr; default = train.lr")
     pct_start: float = Field(0.3, gt=0, lt=1)
@@ -117,16 +162,31 @@ def _plateau(opt, p: PlateauParams, t, epochs):
 
 @SCHEDULERS.register("cyclic", params=CyclicParams, summary="cyclic lr between base_lr and max_lr (per epoch)")
 def _cyclic(opt, p: CyclicParams, t, epochs):
+    scales = _group_scales(opt, t)
     return torch.optim.lr_scheduler.CyclicLR(
-        opt, base_lr=p.base_lr or t.lr / 10, max_lr=p.max_lr or t.lr, step_size_up=p.step_size_up,
-        mode=p.mode, cycle_momentum=False)
+        opt, base_lr=[s * (p.base_lr or t.lr / 10) for s in scales], max_lr=[s * (p.max_lr or t.lr) for s in scales],
+        step_size_up=p.step_size_up, mode=p.mode, cycle_momentum=False)
 
 
 @SCHEDULERS.register("onecycle", params=OneCycleParams, summary="one-cycle policy over the run (per epoch)")
 def _onecycle(opt, p: OneCycleParams, t, epochs):
     return torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=p.max_lr or t.lr, total_steps=max(2, epochs + 1), pct_start=p.pct_start,
-        cycle_momentum=False)
+        opt, max_lr=[s * (p.max_lr or t.lr) for s in _group_scales(opt, t)], total_steps=max(2, epochs + 1),
+        pct_start=p.pct_start, cycle_momentum=False)
+
+
+@SCHEDULERS.register("linear", params=LinearParams,
+                     summary="linear rise from start_factor to 1 over the first peak of the epochs, then linear decay to end_factor (airbench)")
+def _linear(opt, p: LinearParams, t, epochs):
+    # Factor of train.lr for the epoch that starts after e completed epochs, e = 0 .. epochs.
+    rise = p.peak * epochs
+
+    def factor(e: int) -> float:
+        if e < rise:
+            return p.start_factor + (1.0 - p.start_factor) * e / rise
+        return 1.0 + (p.end_factor - 1.0) * (e - rise) / max(epochs - rise, 1e-9)
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def build_scheduler(opt: torch.optim.Optimizer, train: TrainConfig):

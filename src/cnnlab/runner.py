@@ -18,7 +18,7 @@ import torch
 
 from . import rundir as rd
 from .augment import Normalizer
-from .callbacks import CALLBACKS, Callback
+from .callbacks import CALLBACKS, Callback, eval_weights
 from .config import ExperimentConfig, dumps_toml, load_config, resolved_dict, validate_config, apply_overrides
 from .data import DataSplits, load_data, read_image_files
 from .engine import DeviceSplit, Trainer, amp_dtype, has_conv, predict as predict_probs, resolve_device, seed_everything
@@ -82,6 +82,12 @@ def _build(cfg: ExperimentConfig, data: DataSplits, device: torch.device, run_di
         model = build_model(cfg.model, data.input_shape, k)
     for w in caught:
         _say(f"warning: {w.message}", quiet)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    if hasattr(model, "init_from_data"):
+        # Data-dependent initialisation (airbench's whitening layer), on the training images
+        # normalized like training batches; deterministic, and overwritten by a resumed checkpoint.
+        model.init_from_data(data.train.x, Normalizer(data.mean, data.std, torch.device("cpu")))
     model = model.to(device)
     if cfg.train.channels_last and has_conv(model):
         # channels_last (NHWC) is faster for convolutions on CUDA and with oneDNN on the CPU.
@@ -93,7 +99,10 @@ def _build(cfg: ExperimentConfig, data: DataSplits, device: torch.device, run_di
     es = cfg.train.early_stopping
     monitor = _monitor(cfg, data.val is not None)
     dg = cfg.diagnostics
+    ema = cfg.train.ema
     callbacks: list[Callback] = [
+        # The weight average: evaluation (val each epoch, the final metrics) uses it when it is on.
+        *([CALLBACKS.get("ema")(model, ema.decay, ema.every, ema.mode, ema.ramp)] if ema.mode != "off" else []),
         # First: its record of an epoch must be in the state that the checkpoint callback saves.
         *([CALLBACKS.get("stats")(run_dir, dg.stats_every, dg.probe_size)] if dg.stats_every else []),
         CALLBACKS.get("early_stopping")(monitor, es.mode, es.patience, es.min_delta),
@@ -183,7 +192,7 @@ def _train_and_finish(cfg: ExperimentConfig, data: DataSplits, trainer: Trainer,
     best = run_dir / "checkpoints" / "best.pt"
     if (cfg.train.early_stopping.restore_best or nan) and best.exists():
         state = rd.load_checkpoint(best)
-        trainer.model.load_state_dict(state["model"])
+        trainer.load_weights(state)  # the model's and the EMA average's
         _say(f"restored the best weights (epoch {state['epoch']})", quiet)
     failure: str | None = None
     if trainer.epoch > 0 and not (nan and not best.exists()):
@@ -228,7 +237,7 @@ def _evaluate_all(trainer: Trainer, data: DataSplits, run_dir: Path) -> dict[str
         if split is None or len(split.y) == 0:
             continue
         dev = DeviceSplit.of(split, trainer.device)
-        probs, loss, _ = trainer.evaluate(dev)
+        probs, loss, _ = trainer.evaluate(dev, trainer.cfg.train.tta)
         if not np.isfinite(probs).all():
             raise RunFailure(f"the model's outputs on the {name} split are not finite: its weights overflowed "
                              f"(a learning rate far too high?), so no metrics were written.")
@@ -262,7 +271,7 @@ def load_model(run_dir: str | Path, which: str = "best", device: torch.device | 
         warnings.simplefilter("ignore")
         model = build_model(cfg.model, tuple(meta["input_shape"]), len(meta["class_names"]))
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(eval_weights(state))  # the EMA average when the run kept one
     except RuntimeError as e:
         raise UserError(f"checkpoint does not fit the run's model {cfg.model.name!r}: {str(e).splitlines()[0]}") from None
     model.to(device or torch.device("cpu")).eval()
@@ -298,7 +307,7 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", overrides: list[str]
         if split is None:
             continue
         dev = DeviceSplit.of(split, device)
-        probs, loss = predict_probs(model, dev, norm, cfg.train.eval_batch_size, amp, loss_fn)
+        probs, loss = predict_probs(model, dev, norm, cfg.train.eval_batch_size, amp, loss_fn, tta=cfg.train.tta)
         out[name] = compute_metrics(split.y.numpy(), probs, meta["class_names"], loss)
     record = {"checkpoint": checkpoint, "epoch": state["epoch"], "overrides": overrides or [], "metrics": out}
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
@@ -319,7 +328,8 @@ def predict(run_dir: str | Path, images: list[str], checkpoint: str = "best", k:
     c, h, w = meta["input_shape"]
     x = read_image_files(list(images), c, (h, w))
     norm = Normalizer(meta["mean"], meta["std"], torch.device("cpu"))
-    probs, _ = predict_probs(model, DeviceSplit(x, torch.zeros(len(x), dtype=torch.long)), norm, 256)
+    probs, _ = predict_probs(model, DeviceSplit(x, torch.zeros(len(x), dtype=torch.long)), norm, 256,
+                             tta=cfg.train.tta)
     names = meta["class_names"]
     idx, p = top_k(probs, min(k, len(names)))
     results = []
