@@ -190,7 +190,7 @@ PARTS = {name[5:]: fn for name, fn in dict(globals()).items() if name.startswith
 PAIRS = {  # measurement -> (baseline part, cnnlab part, batch size, target ratio)
     "train seed000_net1 CIFAR-10 crop+flip": ("baseline_cnn", "cnnlab_cnn", 100, 2.5),
     "train seed 002 MLP MNIST": ("baseline_mlp", "cnnlab_mlp", 100, 10.0),
-    "evaluate seed000_net1 CIFAR-10 test": ("baseline_eval", "cnnlab_eval", 1000, 5.0),
+    "evaluate seed000_net1 CIFAR-10 test": ("baseline_eval", "cnnlab_eval", 500, 5.0),
 }
 
 

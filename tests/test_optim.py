@@ -125,3 +125,19 @@ def test_linear_schedule_rises_then_decays():
     lrs.append(opt.param_groups[0]["lr"])
     assert lrs[0] == pytest.approx(0.2) and lrs[2] == pytest.approx(1.0) and lrs[10] == pytest.approx(0.1)
     assert lrs[:3] == sorted(lrs[:3]) and lrs[2:] == sorted(lrs[2:], reverse=True)
+
+
+def test_fused_kernels_are_used_when_available_and_skipped_when_not():
+    from cnnlab.optim import _fused
+
+    opt = build_optimizer(model(), TrainConfig(optimizer="adam"))
+    assert opt.defaults.get("fused") in (True, None)  # None: a torch without fused kernels
+
+    class NoFused(torch.optim.SGD):
+        def __init__(self, params, fused=None, **kw):
+            if fused:
+                raise RuntimeError("fused=True is not supported here")
+            super().__init__(params, **kw)
+
+    opt = _fused(NoFused, model().parameters(), lr=0.1)
+    assert isinstance(opt, NoFused) and len(opt.param_groups[0]["params"]) == 2
