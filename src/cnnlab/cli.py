@@ -125,10 +125,31 @@ def _cmd_sweep(a: argparse.Namespace) -> None:
 def _cmd_models(a: argparse.Namespace) -> None:
     from .models import describe_models
 
+    if a.show:
+        _show_model(a.show)
+        return
     for name, summary, keys in describe_models():
         print(f"{name}: {summary}")
         for key, (typ, default) in keys.items():
             print(f"    {key} = {default!r}  ({typ})")
+
+
+def _show_model(name: str) -> None:
+    """Module names of a model built for (3, 32, 32) images and 10 classes: what [transfer]
+    freeze / unfreeze patterns match."""
+    import warnings as _w
+
+    from .models import build_model
+
+    with _w.catch_warnings():
+        _w.simplefilter("ignore")
+        model = build_model({"name": name}, (3, 32, 32), 10)
+    print(f"{name} (built for 3x32x32 images, 10 classes): module names for [transfer] freeze/unfreeze patterns")
+    for mname, m in model.named_modules():
+        if not mname:
+            continue
+        n = sum(p.numel() for p in m.parameters())
+        print(f"  {mname:<40} {type(m).__name__:<20} {n:>10,} parameters")
 
 
 def _cmd_datasets(a: argparse.Namespace) -> None:
@@ -193,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = add("runs", _cmd_runs, "list runs: name, date, data set, model, best val and test accuracy")
     r.add_argument("--runs-dir", default="runs")
     r.add_argument("--group", action="store_true", help="one row per run name: n and mean ± std over its runs")
-    add("models", _cmd_models, "list the model registry with each model's keys")
+    r = add("models", _cmd_models, "list the model registry with each model's keys")
+    r.add_argument("--show", metavar="NAME", help="print the module names of model NAME (what [transfer] patterns match)")
     add("datasets", _cmd_datasets, "list the data set registry")
     return p
 

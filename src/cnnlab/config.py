@@ -141,6 +141,39 @@ class DiagnosticsConfig(Strict):
     probe_size: int = Field(256, ge=1, description="images in the fixed probe batch: the first of the training split, at most a tenth of it")
 
 
+# ------------------------------------------------------------------------------------ transfer
+class UnfreezeStep(Strict):
+    epoch: int = Field(ge=1, description="1-based epoch at whose start the modules become trainable")
+    modules: list[str] = Field(min_length=1, description="glob patterns over module names (fnmatch)")
+
+
+class TransferConfig(Strict):
+    """Transfer learning (``[transfer]``, docs/transfer.md): start from trained weights, freeze,
+    replace the head, unfreeze by blocks. The defaults mean off."""
+
+    init_from: str | None = Field(
+        None, description="a run directory (its best checkpoint), a checkpoint file, or pretrained weights by "
+        "name (torchvision:NAME, timm:NAME, resnet18)")
+    weights_path: str | None = Field(None, description="a local state_dict file for pretrained weights by name (offline)")
+    new_head: bool = Field(False, description="do not load the source's output layer: a fresh one for this run's classes")
+    freeze: str | list[str] = Field(
+        "none", description="\"none\", \"all\", \"features\", or glob patterns over module names (cnnlab models --show NAME)")
+    unfreeze: list[str] = Field(default_factory=list, description="patterns made trainable again after freeze")
+    head_lr: float | None = Field(None, gt=0, description="lr of the head's parameters; unset = train.lr")
+    backbone_lr: float | None = Field(None, gt=0, description="lr of the other parameters; unset = train.lr")
+    unfreeze_schedule: list[UnfreezeStep] = Field(default_factory=list, description="[{epoch = 5, modules = [\"features.2*\"]}]")
+
+    @field_validator("init_from", "weights_path")
+    @classmethod
+    def _empty_is_none(cls, v: str | None) -> str | None:
+        return v or None  # --set transfer.init_from='""' turns a file's source off
+
+    @property
+    def enabled(self) -> bool:
+        return (self.init_from is not None or self.freeze not in ("none", []) or bool(self.unfreeze)
+                or self.head_lr is not None or self.backbone_lr is not None or bool(self.unfreeze_schedule))
+
+
 class ExperimentConfig(Strict):
     name: str = Field("experiment", min_length=1)
     seed: int = 0
@@ -150,6 +183,7 @@ class ExperimentConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
+    transfer: TransferConfig = Field(default_factory=TransferConfig)
 
     @field_validator("name")
     @classmethod

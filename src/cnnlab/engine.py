@@ -253,6 +253,9 @@ class Trainer:
     def train_epoch(self) -> tuple[float, float]:
         """One pass over the training split; returns (mean loss, accuracy) over the images seen."""
         self.model.train()
+        # Frozen BatchNorm layers (transfer learning) stay in eval mode: their statistics do not move.
+        for m in getattr(self.model, "frozen_modules", ()):
+            m.eval()
         t, x_all, y_all = self.t, self.train.x, self.train.y
         aug = self.cfg.data.augment
         order = self.epoch_order()

@@ -58,38 +58,61 @@ def _rmsprop(params, t: TrainConfig):
 _NORM_LAYERS = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
 
 
-def param_groups(model: torch.nn.Module, train: TrainConfig) -> list[dict] | list[torch.nn.Parameter]:
-    """The optimizer's parameters. With ``bn_bias_lr_scale == 1`` and no ``bn_weight_decay``: one
-    plain list (exactly the optimizer a model always had). Otherwise up to three groups, the rest
-    first (so ``param_groups[0]["lr"]`` is the lr that is logged): the other parameters; the
-    normalization layers' weights (weight decay ``bn_weight_decay``); their biases, with lr
-    ``lr * bn_bias_lr_scale`` and weight decay ``bn_weight_decay / bn_bias_lr_scale``, so that with
-    SGD only the gradient step grows while the decay per step (lr * weight_decay) stays the same
-    (airbench's bias_scaler). Trainable parameters only; empty groups are left out."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if train.bn_bias_lr_scale == 1.0 and train.bn_weight_decay is None:
+def param_groups(model: torch.nn.Module, train: TrainConfig, transfer=None) -> list[dict] | list[torch.nn.Parameter]:
+    """The optimizer's parameters. With ``bn_bias_lr_scale == 1``, no ``bn_weight_decay`` and no
+    per-group transfer lrs: one plain list (exactly the optimizer a model always had). Otherwise
+    up to three groups, the rest first (so ``param_groups[0]["lr"]`` is the lr that is logged):
+    the other parameters; the normalization layers' weights (weight decay ``bn_weight_decay``);
+    their biases, with lr ``lr * bn_bias_lr_scale`` and weight decay ``bn_weight_decay /
+    bn_bias_lr_scale``, so that with SGD only the gradient step grows while the decay per step
+    (lr * weight_decay) stays the same (airbench's bias_scaler). Trainable parameters only; empty
+    groups are left out.
+
+    ``transfer`` (a TransferConfig that is on): every parameter is included, frozen ones too
+    (they get no gradient, so the optimizer skips them until an unfreeze makes them trainable,
+    and the optimizer's layout is the same on resume); with ``head_lr`` / ``backbone_lr`` the
+    groups above are made twice, backbone (lr ``backbone_lr``) first, then the head's parameters
+    (``model.head``, lr ``head_lr``), BatchNorm scaling applied within each."""
+    include_all = transfer is not None and transfer.enabled
+    fixed = getattr(model, "fixed_params", set()) if include_all else set()
+    fixed_ids = {id(p) for n, p in model.named_parameters() if n in fixed}
+    trainable = [p for p in model.parameters() if (p.requires_grad or include_all) and id(p) not in fixed_ids]
+    split = include_all and (transfer.head_lr is not None or transfer.backbone_lr is not None)
+    if train.bn_bias_lr_scale == 1.0 and train.bn_weight_decay is None and not split:
         return trainable
     norm_w: dict[int, torch.nn.Parameter] = {}
     norm_b: dict[int, torch.nn.Parameter] = {}
+    chosen = {id(p) for p in trainable}
     for m in model.modules():
         if isinstance(m, _NORM_LAYERS):
             for store, p in ((norm_w, getattr(m, "weight", None)), (norm_b, getattr(m, "bias", None))):
-                if isinstance(p, torch.nn.Parameter) and p.requires_grad:
+                if isinstance(p, torch.nn.Parameter) and id(p) in chosen:
                     store[id(p)] = p
-    rest = [p for p in trainable if id(p) not in norm_w and id(p) not in norm_b]
     bn_wd = train.weight_decay if train.bn_weight_decay is None else train.bn_weight_decay
     scale = train.bn_bias_lr_scale
-    groups = [
-        {"params": rest, "name": "other"},
-        {"params": list(norm_w.values()), "name": "bn_weight", "weight_decay": bn_wd},
-        {"params": list(norm_b.values()), "name": "bn_bias", "lr": train.lr * scale, "weight_decay": bn_wd / scale},
-    ]
+    head_ids = {id(p) for p in model.head.parameters()} if split and hasattr(model, "head") else set()
+    parts = [("", [p for p in trainable if id(p) not in head_ids],
+              transfer.backbone_lr if split and transfer.backbone_lr is not None else train.lr)]
+    if split:
+        parts.append(("head_", [p for p in trainable if id(p) in head_ids],
+                      transfer.head_lr if transfer.head_lr is not None else train.lr))
+    groups = []
+    for prefix, params, lr in parts:
+        groups += [
+            {"params": [p for p in params if id(p) not in norm_w and id(p) not in norm_b],
+             "name": f"{prefix}other" if prefix else "other", "lr": lr},
+            {"params": [p for p in params if id(p) in norm_w], "name": f"{prefix}bn_weight", "lr": lr, "weight_decay": bn_wd},
+            {"params": [p for p in params if id(p) in norm_b], "name": f"{prefix}bn_bias", "lr": lr * scale,
+             "weight_decay": bn_wd / scale},
+        ]
+    if split:
+        groups[3]["name"] = "head"
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
-    """The configured optimizer over :func:`param_groups` (BatchNorm groups when configured)."""
-    return OPTIMIZERS.get(train.optimizer)(param_groups(model, train), train)
+def build_optimizer(model: torch.nn.Module, train: TrainConfig, transfer=None) -> torch.optim.Optimizer:
+    """The configured optimizer over :func:`param_groups` (BatchNorm and transfer groups when configured)."""
+    return OPTIMIZERS.get(train.optimizer)(param_groups(model, train, transfer), train)
 
 
 def _group_scales(opt: torch.optim.Optimizer, t: TrainConfig) -> list[float]:

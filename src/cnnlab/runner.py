@@ -28,6 +28,7 @@ from .metrics import classification_report, compute_metrics, top_k
 from .models import build_model, count_parameters
 from .optim import build_optimizer, build_scheduler
 from .stats import TrainingStats  # noqa: F401  (registers the "stats" callback)
+from .transfer import apply_transfer
 
 
 def _say(msg: str, quiet: bool) -> None:
@@ -75,7 +76,7 @@ def _monitor(cfg: ExperimentConfig, has_val: bool) -> str:
 
 
 def _build(cfg: ExperimentConfig, data: DataSplits, device: torch.device, run_dir: Path, quiet: bool,
-           extra_callbacks: list[Callback] | None = None) -> Trainer:
+           extra_callbacks: list[Callback] | None = None, load_transfer: bool = True) -> Trainer:
     k = len(data.class_names)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -88,13 +89,15 @@ def _build(cfg: ExperimentConfig, data: DataSplits, device: torch.device, run_di
         # Data-dependent initialisation (airbench's whitening layer), on the training images
         # normalized like training batches; deterministic, and overwritten by a resumed checkpoint.
         model.init_from_data(data.train.x, Normalizer(data.mean, data.std, torch.device("cpu")))
+    # [transfer]: the source's weights (a new run only; a resume loads its own checkpoint), then freezing.
+    transfer_record = apply_transfer(model, cfg.transfer, load=load_transfer, download=cfg.data.download, quiet=quiet)
     model = model.to(device)
     if cfg.train.channels_last and has_conv(model):
         # channels_last (NHWC) is faster for convolutions on CUDA and with oneDNN on the CPU.
         model = model.to(memory_format=torch.channels_last)
     counts = data.class_counts("train")
     loss_fn = build_loss(cfg.train, counts).to(device)
-    optimizer = build_optimizer(model, cfg.train)
+    optimizer = build_optimizer(model, cfg.train, cfg.transfer)
     scheduler, sched_monitor = build_scheduler(optimizer, cfg.train)
     es = cfg.train.early_stopping
     monitor = _monitor(cfg, data.val is not None)
@@ -105,6 +108,8 @@ def _build(cfg: ExperimentConfig, data: DataSplits, device: torch.device, run_di
         *([CALLBACKS.get("ema")(model, ema.decay, ema.every, ema.mode, ema.ramp)] if ema.mode != "off" else []),
         # First: its record of an epoch must be in the state that the checkpoint callback saves.
         *([CALLBACKS.get("stats")(run_dir, dg.stats_every, dg.probe_size)] if dg.stats_every else []),
+        *([CALLBACKS.get("unfreeze_schedule")(model, cfg.transfer.unfreeze_schedule, quiet)]
+          if cfg.transfer.unfreeze_schedule else []),
         CALLBACKS.get("early_stopping")(monitor, es.mode, es.patience, es.min_delta),
         CALLBACKS.get("checkpoint")(run_dir / "checkpoints", monitor, es.mode, cfg.checkpoint.every, es.min_delta),
         CALLBACKS.get("history")(run_dir),
@@ -114,9 +119,11 @@ def _build(cfg: ExperimentConfig, data: DataSplits, device: torch.device, run_di
     ]
     meta = {"class_names": list(data.class_names), "mean": list(data.mean), "std": list(data.std),
             "input_shape": list(data.input_shape), "model": cfg.model.name, "source": data.source}
-    return Trainer(cfg, model, loss_fn, optimizer, scheduler, sched_monitor,
-                   DeviceSplit.of(data.train, device), DeviceSplit.of(data.val, device) if data.val else None,
-                   Normalizer(data.mean, data.std, device), callbacks, device, meta, counts, resolved_dict(cfg))
+    trainer = Trainer(cfg, model, loss_fn, optimizer, scheduler, sched_monitor,
+                      DeviceSplit.of(data.train, device), DeviceSplit.of(data.val, device) if data.val else None,
+                      Normalizer(data.mean, data.std, device), callbacks, device, meta, counts, resolved_dict(cfg))
+    trainer.transfer_record = transfer_record
+    return trainer
 
 
 def _describe(cfg: ExperimentConfig, data: DataSplits, trainer: Trainer, run_dir: Path, quiet: bool) -> None:
@@ -156,6 +163,10 @@ def run(config_or_path: str | Path | ExperimentConfig | dict, overrides: list[st
     rd.write_history(run_dir, [])
     seed_everything(cfg.seed, cfg.deterministic)  # model init does not depend on how data loading used the RNG
     trainer = _build(cfg, data, device, run_dir, quiet, extra_callbacks)
+    if trainer.transfer_record:  # where the weights came from, so a chain of runs can be traced back
+        env = rd.read_json(run_dir / "env.json")
+        env["transfer"] = trainer.transfer_record
+        rd.atomic_write_json(run_dir / "env.json", env)
     _describe(cfg, data, trainer, run_dir, quiet)
     return _train_and_finish(cfg, data, trainer, run_dir, quiet)
 
@@ -172,7 +183,7 @@ def resume(run_dir: str | Path, quiet: bool = False) -> Run:
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.seed, cfg.deterministic)
     data = load_data(cfg.data, cfg.seed)
-    trainer = _build(cfg, data, device, run_dir, quiet)
+    trainer = _build(cfg, data, device, run_dir, quiet, load_transfer=False)
     trainer.load_state_dict(state)
     rd.write_history(run_dir, trainer.history)  # drop lines of epochs after the checkpoint
     rd.write_status(run_dir, "running", resumed_at_epoch=trainer.epoch)
