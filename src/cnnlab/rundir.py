@@ -15,7 +15,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -188,10 +187,3 @@ def read_history(run_dir: Path) -> list[dict[str, Any]]:
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
-
-class Timer:
-    def __init__(self) -> None:
-        self.t0 = time.perf_counter()
-
-    def __call__(self) -> float:
-        return time.perf_counter() - self.t0

@@ -275,8 +275,9 @@ def _checkpoint_path(run_dir: Path, which: str) -> Path:
 def load_model(run_dir: str | Path, which: str = "best", device: torch.device | None = None):
     """(model in eval mode, checkpoint dict, config) for a run's checkpoint ``best``/``last``/a path."""
     run_dir = rd.require_run_dir(run_dir)
-    state = rd.load_checkpoint(_checkpoint_path(run_dir, which))
-    cfg = validate_config(state["config"], str(_checkpoint_path(run_dir, which))) if state.get("config") else load_config(run_dir / rd.CONFIG)
+    path = _checkpoint_path(run_dir, which)
+    state = rd.load_checkpoint(path)
+    cfg = validate_config(state["config"], str(path)) if state.get("config") else load_config(run_dir / rd.CONFIG)
     meta = state["meta"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -308,8 +309,6 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", overrides: list[str]
         raise UserError(f"the data set's images are {tuple(data.input_shape)} but the model takes "
                         f"{tuple(meta['input_shape'])}; set data.image_size to match.")
     norm = Normalizer(meta["mean"], meta["std"], device)
-    from .losses import build_loss
-
     loss_fn = build_loss(cfg.train, np.ones(len(meta["class_names"]))).to(device)
     amp = amp_dtype(cfg.train.precision, device)
     out: dict[str, Any] = {}
