@@ -174,6 +174,40 @@ class TransferConfig(Strict):
                 or self.head_lr is not None or self.backbone_lr is not None or bool(self.unfreeze_schedule))
 
 
+# -------------------------------------------------------------------------------------- report
+class ReportConfig(Strict):
+    """``[report]`` (docs/report.md): the self-contained ``report.html`` written at the end of a run.
+    ``report = false`` is shorthand for ``[report] enabled = false``."""
+
+    enabled: bool = Field(True, description="write report.html and figures/ at the end of `cnnlab run`")
+    examples: int = Field(16, ge=0, description="most confidently wrong test images shown (and correct ones: 2 per class, up to this many)")
+    explain_images: int = Field(4, ge=0, description="images (right and wrong) given feature maps, saliency and Grad-CAM; 0 = no inside-the-model section")
+    probe_images: int = Field(256, ge=1, description="training images whose activations make the activation distributions")
+
+
+# ----------------------------------------------------------------------------------------- log
+class LogConfig(Strict):
+    """``[log]``: loggers users already use, switched on here (docs/report.md)."""
+
+    tensorboard: bool = Field(False, description="TensorBoard event files under RUN_DIR/tensorboard: scalars, histograms, the confusion matrix")
+    histograms_every: int = Field(1, ge=0, description="TensorBoard weight histograms every N epochs; 0 = off")
+    mlflow: bool = Field(False, description="log params, metrics and artifacts to MLflow (pip install 'cnnlab[mlflow]')")
+    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking URI; unset = MLFLOW_TRACKING_URI or RUN_DIR/../mlruns")
+    mlflow_experiment: str | None = Field(None, description="MLflow experiment name; unset = the run's name")
+
+
+# --------------------------------------------------------------------------------- distributed
+class DistributedConfig(Strict):
+    """``[distributed]`` (docs/distributed.md): data-parallel training with torch.distributed.
+    Under ``torchrun`` the world comes from its environment; ``devices > 1`` makes ``cnnlab run``
+    start that many processes on this machine itself."""
+
+    devices: int = Field(1, ge=1, description="processes to start on this machine when not launched by torchrun")
+    backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="auto: nccl on CUDA, gloo on CPU")
+    sync_batchnorm: bool = Field(False, description="synchronize BatchNorm statistics across processes")
+    timeout_s: int = Field(300, ge=10, description="seconds a collective waits for the other processes before failing")
+
+
 class ExperimentConfig(Strict):
     name: str = Field("experiment", min_length=1)
     seed: int = 0
@@ -184,6 +218,15 @@ class ExperimentConfig(Strict):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
     transfer: TransferConfig = Field(default_factory=TransferConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+
+    @field_validator("report", mode="before")
+    @classmethod
+    def _report_shorthand(cls, v: Any) -> Any:
+        # `report = false` is shorthand for `[report] enabled = false`.
+        return {"enabled": v} if isinstance(v, bool) else v
 
     @field_validator("name")
     @classmethod
