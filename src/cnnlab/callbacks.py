@@ -92,9 +92,11 @@ class EarlyStopping(Callback):
         if self.patience and self.wait >= self.patience:
             self.stopped_epoch = int(logs["epoch"])
             trainer.should_stop = True
+            # No best yet when every value so far was missing or not finite (a NaN from epoch 1).
+            best = "none yet" if self.tracker.best is None else \
+                f"{self.tracker.best:.4g} at epoch {self.tracker.best_epoch}"
             trainer.stop_reason = (
-                f"early stopping: {self.tracker.monitor} has not improved for {self.patience} epochs "
-                f"(best {self.tracker.best:.4g} at epoch {self.tracker.best_epoch})"
+                f"early stopping: {self.tracker.monitor} has not improved for {self.patience} epochs (best {best})"
             )
 
     def state_dict(self) -> dict[str, Any]:

@@ -4,6 +4,12 @@ Each split lives on the training device as one uint8 tensor (N, C, H, W); an epo
 permutation drawn from the engine's own generator, batches are index slices, and augmentation
 and normalization run on whole batches on the device. Loss and accuracy are summed on the device
 and read once per epoch, so the step itself never waits for the host.
+
+With several processes (a :class:`~cnnlab.distributed.World` of size > 1) the same loop runs in
+each: the permutation and the augmentation of each global batch are drawn identically everywhere,
+each process trains on its contiguous share of the batch through DistributedDataParallel with its
+loss scaled by its share, the epoch's loss and accuracy sums are all-reduced, evaluation is sharded
+by whole evaluation batches and gathered in order, and the stop decision is collective.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import torch.nn.functional as F
 from .augment import Normalizer, alternating_flip_mask, augment_batch
 from .callbacks import Callback
 from .config import ExperimentConfig
+from .distributed import World, trainable_signature, wrap_model
 from .errors import UserError
 
 
@@ -134,23 +141,30 @@ TTA_VIEWS: dict[str, tuple[tuple[float, Callable[[torch.Tensor], torch.Tensor]],
 def predict(model: nn.Module, split: DeviceSplit, norm: Normalizer, batch_size: int,
             amp: torch.dtype | None = None, loss_fn: nn.Module | None = None,
             channels_last: bool = False, tta: str = "none",
-            forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[np.ndarray, float | None]:
+            forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+            world: World | None = None) -> tuple[np.ndarray, float | None]:
     """Eval-mode probabilities (N, K) float32 and the mean loss (None without ``loss_fn``).
 
     ``tta``: a key of :data:`TTA_VIEWS`; the V views of a chunk of ``batch_size // V`` images run as
     one batch on the device and their outputs are averaged with the views' weights (logits, or
     probabilities for a softmax_output model) before softmax and loss. ``forward``: the callable
-    that runs the model (a compiled version of it); default ``model`` itself."""
+    that runs the model (a compiled version of it); default ``model`` itself. ``world``: with
+    several processes each runs a contiguous share of the chunks and every process gets all
+    results in order; the chunks, and the order in which the loss is summed, are those of one
+    process, so the numbers are bitwise the same as a single-process evaluation."""
     if tta not in TTA_VIEWS:
         raise UserError(f"train.tta = {tta!r} is not a test-time augmentation; use one of {', '.join(TTA_VIEWS)}.")
+    world = world or World()
     views = TTA_VIEWS[tta]
     weights = torch.tensor([w for w, _ in views], device=split.x.device).view(-1, 1, 1)  # (V, 1, 1)
     chunk = max(1, batch_size // len(views))
     fwd = forward if forward is not None else model
     model.eval()
     device = split.x.device
-    probs, loss_sum = [], torch.zeros((), device=device)
-    for i in range(0, len(split), chunk):
+    starts = range(0, len(split), chunk)
+    lo, hi = world.bounds(len(starts))  # this process's chunks (all of them in one process)
+    probs, loss_sum, terms = [], torch.zeros((), device=device), []
+    for i in starts[lo:hi]:
         x = norm(split.x[i:i + chunk])
         b = x.shape[0]
         if len(views) > 1:
@@ -163,10 +177,21 @@ def predict(model: nn.Module, split: DeviceSplit, norm: Normalizer, batch_size: 
             out = (out.float().view(len(views), b, -1) * weights).sum(0)  # (B, K)
         if loss_fn is not None:
             y = split.y[i:i + chunk]
-            loss_sum += loss_fn(out.float(), y).float() * len(y)
+            term = loss_fn(out.float(), y).float() * len(y)  # () float32: the chunk's summed loss
+            if world.enabled:
+                terms.append(term)
+            else:
+                loss_sum += term
         probs.append(_output_probs(model, out))
     k = probs[0].shape[1] if probs else 0
     p = torch.cat(probs).cpu().numpy() if probs else np.zeros((0, k), np.float32)
+    if world.enabled:
+        local_terms = torch.stack(terms).cpu() if terms else torch.zeros(0)
+        parts = world.all_gather((p, local_terms))
+        p = np.concatenate([q for q, _ in parts if len(q)] or [p])
+        loss_sum = torch.zeros(())
+        for t in torch.cat([t for _, t in parts]):  # chunk order, float32: as one process sums them
+            loss_sum += t
     loss = float(loss_sum) / max(1, len(split)) if loss_fn is not None else None
     return p, loss
 
@@ -174,14 +199,23 @@ def predict(model: nn.Module, split: DeviceSplit, norm: Normalizer, batch_size: 
 # ---------------------------------------------------------------------------------- trainer
 class Trainer:
     """Owns the model, optimizer, scheduler, callbacks and the epoch counter; ``fit`` trains from the
-    current epoch to ``cfg.train.epochs`` unless a callback sets ``should_stop``."""
+    current epoch to ``cfg.train.epochs`` unless a callback sets ``should_stop``.
+
+    ``world``: this process's place in a data-parallel job (default: one process). With several
+    processes, ``model`` stays the plain module (state_dict, evaluation, callbacks use it) and
+    ``train_module`` is its DistributedDataParallel wrapper that training forwards run through."""
 
     def __init__(self, cfg: ExperimentConfig, model: nn.Module, loss_fn: nn.Module,
                  optimizer: torch.optim.Optimizer, scheduler: Any, sched_monitor: str | None,
                  train: DeviceSplit, val: DeviceSplit | None, norm: Normalizer,
                  callbacks: Sequence[Callback], device: torch.device, meta: dict[str, Any],
-                 class_counts: np.ndarray | None = None, resolved_config: dict | None = None):
+                 class_counts: np.ndarray | None = None, resolved_config: dict | None = None,
+                 world: World | None = None):
         self.cfg, self.t = cfg, cfg.train
+        self.world = world or World()
+        if self.world.enabled and cfg.train.batch_size < self.world.size:
+            raise UserError(f"train.batch_size = {cfg.train.batch_size} is the global batch and must be at least the "
+                            f"number of processes ({self.world.size}): each process trains on its share of it.")
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.scheduler, self.sched_monitor = scheduler, sched_monitor
         self.train, self.val, self.norm = train, val, norm
@@ -190,6 +224,9 @@ class Trainer:
         self.amp = amp_dtype(self.t.precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp is torch.float16)
         self.channels_last = self.t.channels_last and has_conv(model)
+        # The module training forwards run through: DDP around the model with several processes.
+        self.train_module = wrap_model(model, self.world, device)
+        self._trainable = trainable_signature(model)
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(cfg.seed)
         # Evaluation uses this module when a callback sets it (the EMA weights), else self.model.
@@ -197,7 +234,9 @@ class Trainer:
         # train.compile: the compiled forward for training and for evaluation; each is checked on its
         # first use and replaced by eager (None) with a warning if it fails. self.model stays the
         # uncompiled module, so state_dict keys (and checkpoints) are the same with or without it.
-        self._compiled_train = self._compiled_eval = _compile(model) if self.t.compile else None
+        self._compiled_eval = _compile(model) if self.t.compile else None
+        self._compiled_train = (self._compiled_eval if not self.world.enabled else _compile(self.train_module)) \
+            if self.t.compile else None
         self._unchecked = {"train", "eval"}
         self.compile_seconds = 0.0  # wall time of the first compiled training step (mostly compilation)
         # hflip = "alternate": each training image's flip in epoch 0, (N,) bool, drawn once from the
@@ -210,8 +249,10 @@ class Trainer:
         self.should_stop = False
         self.stop_reason: str | None = None
         n, bs = len(train), self.t.batch_size
-        # A last batch of one image cannot train BatchNorm: drop it (it is seen in other epochs).
-        self.steps_per_epoch = max(1, n // bs if n % bs == 1 and n > bs else math.ceil(n / bs))
+        # A last batch of one image cannot train BatchNorm, and with P processes each needs at least
+        # one image of it: drop a last batch smaller than max(2, P) (it is seen in other epochs).
+        short_last = 0 < n % bs < max(2, self.world.size) and n > bs
+        self.steps_per_epoch = max(1, n // bs if short_last else math.ceil(n / bs))
         self.n_seen = min(n, self.steps_per_epoch * bs)
         if cfg.data.sampler == "balanced":
             counts = torch.bincount(train.y, minlength=int(train.y.max()) + 1).float()
@@ -224,11 +265,16 @@ class Trainer:
     def fit(self) -> None:
         for cb in self.callbacks:
             cb.on_fit_start(self)
+        # Every process starts from rank 0's EMA average (a callback may have copied its own model).
+        self.world.sync_state(self.eval_module)
         while self.epoch < self.t.epochs and not self.should_stop:
             for cb in self.callbacks:
                 cb.on_epoch_start(self)
             t0, compile_before = time.perf_counter(), self.compile_seconds
             train_loss, train_acc = self.train_epoch()
+            # Rank 0's BatchNorm statistics and EMA average everywhere: what it saves is what all evaluate.
+            self.world.sync_state(self.model, buffers_only=True)
+            self.world.sync_state(self.eval_module)
             # Training time excludes the one-off compilation (reported as compile_seconds instead).
             compiled_now = self.compile_seconds - compile_before
             seconds = time.perf_counter() - t0 - compiled_now
@@ -247,6 +293,8 @@ class Trainer:
             self.history.append(logs)
             for cb in self.callbacks:
                 cb.on_epoch_end(self, logs)
+            # One decision for all processes, so none waits in a collective for one that has left.
+            self.should_stop, self.stop_reason = self.world.agree_stop(self.should_stop, self.stop_reason)
         for cb in self.callbacks:
             cb.on_fit_end(self)
 
@@ -258,22 +306,33 @@ class Trainer:
             m.eval()
         t, x_all, y_all = self.t, self.train.x, self.train.y
         aug = self.cfg.data.augment
+        world = self.world
+        if world.enabled:
+            self._prepare_distributed_epoch()
         order = self.epoch_order()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
-        start = time.perf_counter()
+        start, seen = time.perf_counter(), 0
         for step in range(self.steps_per_epoch):
-            idx = order[step * t.batch_size:(step + 1) * t.batch_size]
+            idx = order[step * t.batch_size:(step + 1) * t.batch_size]  # the global batch (B,)
             flips = alternating_flip_mask(self.flip_base, idx, self.epoch) if self.flip_base is not None else None
-            x = self.norm(augment_batch(x_all[idx], aug.crop_padding, aug.hflip, self.gen, flips))
+            # The whole global batch is augmented in every process: the generator then draws the same
+            # numbers everywhere (and as in one process), so permutations never diverge.
+            xb = augment_batch(x_all[idx], aug.crop_padding, aug.hflip, self.gen, flips)
+            scale: torch.Tensor | float = 1.0
+            if world.enabled:
+                lo, hi = world.bounds(len(idx))
+                scale = world.loss_scale(self._loss_weights(y_all[idx]), lo, hi)
+                xb, idx = xb[lo:hi], idx[lo:hi]  # this process's share (B_r,)
+            x = self.norm(xb)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = y_all[idx]
             if "train" in self._unchecked and self._compiled_train is not None:
-                out, loss = self._checked_compiled_step(x, y)
+                out, loss = self._checked_compiled_step(x, y, scale)
             else:
-                forward = self._compiled_train if self._compiled_train is not None else self.model
-                out, loss = self._forward_backward(forward, x, y)
+                forward = self._compiled_train if self._compiled_train is not None else self.train_module
+                out, loss = self._forward_backward(forward, x, y, scale)
             if t.grad_clip:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
@@ -281,23 +340,47 @@ class Trainer:
             self.scaler.update()
             loss_sum += loss.detach().float() * len(idx)
             correct += (out.detach().argmax(dim=1) == y).sum()
-            self._running = (loss_sum, correct, (step + 1) * t.batch_size, start)
+            seen += len(idx)
+            self._running = (loss_sum, correct, seen, start)
             for cb in self.callbacks:
                 cb.on_train_batch_end(self, step, self.steps_per_epoch)
+        world.all_sum([loss_sum, correct])  # every process logs the epoch's global loss and accuracy
         n = min(self.n_seen, len(order))
         return float(loss_sum) / n, float(correct) / n
 
+    def _loss_weights(self, y: torch.Tensor) -> torch.Tensor:
+        """(B,) each image's weight in the loss's mean over a batch with labels ``y``: its class
+        weight for a class-weighted loss (cross-entropy and focal divide by the sum of these), else 1."""
+        w = getattr(self.loss_fn, "weight", None)
+        return w[y].float() if isinstance(w, torch.Tensor) else torch.ones(len(y), device=y.device)
+
+    def _prepare_distributed_epoch(self) -> None:
+        """Before each epoch with several processes: wrap the model again when an unfreeze schedule
+        changed which parameters train (DDP fixes its set at wrap time), and draw dropout masks
+        from a generator seeded per (seed, epoch, rank), so processes do not share masks and a
+        resumed run draws the same ones."""
+        sig = trainable_signature(self.model)
+        if sig != self._trainable:
+            self._trainable = sig
+            self.train_module = wrap_model(self.model, self.world, self.device)
+            if self._compiled_train is not None:
+                self._compiled_train = _compile(self.train_module)
+        torch.manual_seed((self.cfg.seed * 1_000_003 + self.epoch * 1_009 + self.world.rank) % 2**63)
+
     def _forward_backward(self, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                          y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward, loss and backward of one batch; returns (outputs (B, K), loss ())."""
+                          y: torch.Tensor, scale: torch.Tensor | float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, loss and backward of one batch; returns (outputs (B, K), loss ()). ``scale``
+        multiplies the loss that is backpropagated (a process's share of the global batch); the
+        returned loss is the batch's own mean."""
         with autocast(self.device, self.amp):
             out = forward(x)
             loss = self.loss_fn(out.float(), y)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss * scale if self.world.enabled else loss).backward()
         return out, loss
 
-    def _checked_compiled_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _checked_compiled_step(self, x: torch.Tensor, y: torch.Tensor,
+                               scale: torch.Tensor | float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """The first compiled step (forward and backward both compile lazily): if compilation fails,
         warn, put the BatchNorm statistics back as they were before the attempt and run it eagerly,
         so the fallback trains exactly like a run without train.compile."""
@@ -305,7 +388,7 @@ class Trainer:
         buffers = [b.detach().clone() for b in self.model.buffers()]
         t0 = time.perf_counter()
         try:
-            out, loss = self._forward_backward(self._compiled_train, x, y)
+            out, loss = self._forward_backward(self._compiled_train, x, y, scale)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.compile_seconds += time.perf_counter() - t0
@@ -316,7 +399,7 @@ class Trainer:
             with torch.no_grad():
                 for b, saved in zip(self.model.buffers(), buffers):
                     b.copy_(saved)
-            return self._forward_backward(self.model, x, y)
+            return self._forward_backward(self.train_module, x, y, scale)
 
     def epoch_order(self) -> torch.Tensor:
         """Indices of this epoch's images: a permutation, or a class-balanced draw with replacement."""
@@ -333,7 +416,7 @@ class Trainer:
 
         def run(forward):
             return predict(model, split, self.norm, self.t.eval_batch_size, self.amp, self.loss_fn,
-                           self.channels_last, tta, forward)
+                           self.channels_last, tta, forward, self.world)
 
         if compiled is not None and "eval" in self._unchecked:
             self._unchecked.discard("eval")
@@ -363,13 +446,16 @@ class Trainer:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def running_metrics(self) -> tuple[float, float]:
+        """Loss and accuracy so far in this epoch (this process's share of the batches)."""
         loss_sum, correct, seen, _ = self._running
         seen = max(1, min(seen, len(self.train)))
         return float(loss_sum) / seen, float(correct) / seen
 
     def running_rate(self) -> float:
+        """Training images per second so far in this epoch, all processes together (estimated
+        from this one's rate)."""
         _, _, seen, start = self._running
-        return seen / max(time.perf_counter() - start, 1e-9)
+        return seen * self.world.size / max(time.perf_counter() - start, 1e-9)
 
     # ------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

@@ -132,15 +132,17 @@ def git_commit() -> str | None:
         return None
 
 
-def environment(seed: int, device: torch.device) -> dict[str, Any]:
-    """What env.json records: enough to tell how and where the run was made."""
+def environment(seed: int, device: torch.device, world: Any = None) -> dict[str, Any]:
+    """What env.json records: enough to tell how and where the run was made. ``world``: the
+    :class:`cnnlab.distributed.World` of a data-parallel run (recorded as ``distributed``)."""
     import torchvision
 
     from . import __version__
 
-    return {
+    launched = os.environ.get("CNNLAB_LAUNCH_COMMAND")  # set by `cnnlab run --devices N` for its workers
+    env = {
         "seed": seed,
-        "command": sys.argv,
+        "command": json.loads(launched) if launched else sys.argv,
         "cwd": os.getcwd(),
         "cnnlab": __version__,
         "python": platform.python_version(),
@@ -154,6 +156,9 @@ def environment(seed: int, device: torch.device) -> dict[str, Any]:
         "git_commit": git_commit(),
         "started": datetime.now().isoformat(timespec="seconds"),
     }
+    if world is not None and world.enabled:
+        env["distributed"] = {"world_size": world.size, "backend": world.backend}
+    return env
 
 
 def write_status(run_dir: Path, status: str, **extra: Any) -> None:
