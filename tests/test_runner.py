@@ -207,3 +207,15 @@ def test_overflowing_best_checkpoint_fails_cleanly(tmp_path):
         cnnlab.run(cfg, runs_dir=tmp_path, quiet=True)
     d = next((tmp_path / "small").iterdir())
     assert rd.read_status(d)["status"] == "failed"
+
+
+def test_run_writes_its_report_at_the_end_unless_switched_off(tmp_path, monkeypatch):
+    """The end-of-run hook: report.html (and figures/) after `cnnlab run`; `report = false` skips it."""
+    monkeypatch.delenv("CNNLAB_REPORT")
+    base = {"name": "rep", "data": {"dataset": "digits", "per_class": 30}, "train": {"epochs": 1},
+            "report": {"explain_images": 0}}
+    on = cnnlab.run(base, runs_dir=tmp_path, quiet=True)
+    html = (on.dir / "report.html").read_text()
+    assert f"{on.metrics['test']['accuracy']:.4f}" in html and (on.dir / "figures" / "curves.png").is_file()
+    off = cnnlab.run({**base, "report": False}, runs_dir=tmp_path, quiet=True)
+    assert not (off.dir / "report.html").exists()

@@ -15,13 +15,13 @@ from .errors import RunFailure, UserError
 def _cmd_run(a: argparse.Namespace) -> None:
     from .runner import run
 
-    run(a.experiment, overrides=a.set, runs_dir=a.runs_dir, quiet=a.quiet)
+    run(a.experiment, overrides=a.set, runs_dir=a.runs_dir, quiet=a.quiet, devices=a.devices)
 
 
 def _cmd_resume(a: argparse.Namespace) -> None:
     from .runner import resume
 
-    resume(a.run_dir, quiet=a.quiet)
+    resume(a.run_dir, quiet=a.quiet, devices=a.devices)
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> None:
@@ -64,6 +64,10 @@ def _cmd_runs(a: argparse.Namespace) -> None:
         rows.append((st.get("name", d.parent.name), st.get("started", d.name)[:19].replace("T", " "),
                      st.get("dataset", "?"), st.get("model", "?"), f"{max(vals):.4f}" if vals else "-",
                      f"{test:.4f}" if test is not None else "-", st.get("status", "?"), str(d)))
+    if a.html:
+        from .report import write_runs_index
+
+        print(f"index: {write_runs_index(root)}")
     if not rows:
         print(f"no runs under {root}/ (start one with `cnnlab run EXPERIMENT.toml`).")
         return
@@ -113,6 +117,20 @@ def _cmd_diagnose(a: argparse.Namespace) -> None:
         print(json.dumps(report(require_run_dir(a.run_dir), findings), indent=2))
     else:
         print_findings(findings, a.run_dir)
+
+
+def _cmd_report(a: argparse.Namespace) -> None:
+    from .report import write_report
+
+    print(f"report: {write_report(a.dir, quiet=True)}")
+
+
+def _cmd_compare(a: argparse.Namespace) -> None:
+    from .compare import compare_rows, print_compare, write_compare
+
+    rows = compare_rows(a.run_dirs)
+    print_compare(rows)
+    print(f"compare: {write_compare(a.run_dirs, a.out, rows=rows)}")
 
 
 def _cmd_sweep(a: argparse.Namespace) -> None:
@@ -177,10 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", **sets)
     r.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    devices = dict(type=int, metavar="N", help="train with N processes on this machine (data-parallel; one per GPU on "
+                                               "CUDA); default: [distributed] devices; ignored under torchrun")
+    r.add_argument("--devices", **devices)
 
     r = add("resume", _cmd_resume, "continue an interrupted run from its last checkpoint")
     r.add_argument("run_dir")
     r.add_argument("-q", "--quiet", action="store_true")
+    r.add_argument("--devices", **devices)
 
     r = add("evaluate", _cmd_evaluate, "metrics of a run's checkpoint on any split or data set")
     r.add_argument("run_dir")
@@ -214,6 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     r = add("runs", _cmd_runs, "list runs: name, date, data set, model, best val and test accuracy")
     r.add_argument("--runs-dir", default="runs")
     r.add_argument("--group", action="store_true", help="one row per run name: n and mean ± std over its runs")
+    r.add_argument("--html", action="store_true", help="also write RUNS_DIR/index.html linking every run's report")
+
+    r = add("report", _cmd_report, "write report.html (and figures/) for a run or sweep directory")
+    r.add_argument("dir", metavar="RUN_DIR", help="a run directory, or a sweep directory for the sweep report")
+
+    r = add("compare", _cmd_compare, "runs side by side: a printed table and compare.html with overlaid curves")
+    r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    r.add_argument("--out", metavar="DIR", help="where compare.html goes (default: <runs root>/compare/<timestamp>)")
     r = add("models", _cmd_models, "list the model registry with each model's keys")
     r.add_argument("--show", metavar="NAME", help="print the module names of model NAME (what [transfer] patterns match)")
     add("datasets", _cmd_datasets, "list the data set registry")

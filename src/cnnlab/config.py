@@ -187,12 +187,18 @@ class ReportConfig(Strict):
 
 # ----------------------------------------------------------------------------------------- log
 class LogConfig(Strict):
-    """``[log]``: loggers users already use, switched on here (docs/report.md)."""
+    """``[log]``: loggers users already use, switched on here (src/cnnlab/loggers.py). Each logs every
+    numeric value of history.jsonl per epoch (step = epoch), the final metrics (``final/test_accuracy``,
+    ...) and the test (else val) confusion matrix; a resumed run continues the same logs."""
 
-    tensorboard: bool = Field(False, description="TensorBoard event files under RUN_DIR/tensorboard: scalars, histograms, the confusion matrix")
-    histograms_every: int = Field(1, ge=0, description="TensorBoard weight histograms every N epochs; 0 = off")
-    mlflow: bool = Field(False, description="log params, metrics and artifacts to MLflow (pip install 'cnnlab[mlflow]')")
-    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking URI; unset = MLFLOW_TRACKING_URI or RUN_DIR/../mlruns")
+    tensorboard: bool = Field(False, description="TensorBoard event files under RUN_DIR/tensorboard: scalars, weight histograms, "
+                              "the confusion matrix (pip install 'cnnlab[tensorboard]'; view: tensorboard --logdir runs)")
+    histograms_every: int = Field(1, ge=0, description="TensorBoard weight histograms every N epochs (and at epoch 1); 0 = off")
+    mlflow: bool = Field(False, description="log params (the flattened config), metrics and artifacts (metrics.json, config.toml, "
+                         "report.html, the confusion matrix) to MLflow (pip install 'cnnlab[mlflow]')")
+    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking URI; unset = the environment's MLFLOW_TRACKING_URI, else "
+                                            "sqlite:///RUNS_DIR/mlflow.db with artifacts in RUNS_DIR/mlartifacts (offline; "
+                                            "view with the full mlflow package: mlflow ui --backend-store-uri sqlite:///runs/mlflow.db)")
     mlflow_experiment: str | None = Field(None, description="MLflow experiment name; unset = the run's name")
 
 

@@ -2,11 +2,17 @@
 
 ``run`` starts a run, ``resume`` continues one from ``checkpoints/last.pt``, ``evaluate`` measures
 a saved checkpoint on any split or data set, ``predict`` classifies image files.
+
+``run`` and ``resume`` also run data-parallel (docs/distributed.md): under torchrun each process
+joins the process group and trains its share; ``[distributed] devices = N`` (or ``devices=N``)
+without torchrun starts N such processes here and waits for them. Only rank 0 writes the run
+directory; every collective is made by every process in the same order.
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 import warnings
 from datetime import datetime
 from functools import cached_property
@@ -16,12 +22,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import distributed as dist
 from . import rundir as rd
 from .augment import Normalizer
 from .callbacks import CALLBACKS, Callback, eval_weights
 from .config import ExperimentConfig, dumps_toml, load_config, resolved_dict, validate_config, apply_overrides
+from .distributed import World
 from .data import DataSplits, load_data, read_image_files
 from .engine import DeviceSplit, Trainer, amp_dtype, has_conv, predict as predict_probs, resolve_device, seed_everything
+from .loggers import build_loggers, check_loggers, close_loggers, log_final
 from .errors import RunFailure, UserError
 from .losses import build_loss
 from .metrics import classification_report, compute_metrics, top_k
@@ -76,13 +85,18 @@ def _monitor(cfg: ExperimentConfig, has_val: bool) -> str:
 
 
 def _build(cfg: ExperimentConfig, data: DataSplits, device: torch.device, run_dir: Path, quiet: bool,
-           extra_callbacks: list[Callback] | None = None, load_transfer: bool = True) -> Trainer:
+           extra_callbacks: list[Callback] | None = None, load_transfer: bool = True,
+           world: World | None = None) -> Trainer:
+    world = world or World()
+    quiet = quiet or not world.is_main
     k = len(data.class_names)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = build_model(cfg.model, data.input_shape, k)
     for w in caught:
         _say(f"warning: {w.message}", quiet)
+    # Before freezing and the optimizer: they then see the SyncBatchNorm modules (same parameters).
+    model = dist.convert_sync_batchnorm(model, world, cfg.distributed.sync_batchnorm, device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if hasattr(model, "init_from_data"):
@@ -103,17 +117,20 @@ def _build(cfg: ExperimentConfig, data: DataSplits, device: torch.device, run_di
     monitor = _monitor(cfg, data.val is not None)
     dg = cfg.diagnostics
     ema = cfg.train.ema
+    main = world.is_main  # callbacks that write files or print run in rank 0 only
     callbacks: list[Callback] = [
         # The weight average: evaluation (val each epoch, the final metrics) uses it when it is on.
         *([CALLBACKS.get("ema")(model, ema.decay, ema.every, ema.mode, ema.ramp)] if ema.mode != "off" else []),
         # First: its record of an epoch must be in the state that the checkpoint callback saves.
-        *([CALLBACKS.get("stats")(run_dir, dg.stats_every, dg.probe_size)] if dg.stats_every else []),
+        *([CALLBACKS.get("stats")(run_dir, dg.stats_every, dg.probe_size)] if dg.stats_every and main else []),
         *([CALLBACKS.get("unfreeze_schedule")(model, cfg.transfer.unfreeze_schedule, quiet)]
           if cfg.transfer.unfreeze_schedule else []),
         CALLBACKS.get("early_stopping")(monitor, es.mode, es.patience, es.min_delta),
-        CALLBACKS.get("checkpoint")(run_dir / "checkpoints", monitor, es.mode, cfg.checkpoint.every, es.min_delta),
-        CALLBACKS.get("history")(run_dir),
-        CALLBACKS.get("progress")(cfg.train.epochs, enabled=not quiet),
+        *([CALLBACKS.get("checkpoint")(run_dir / "checkpoints", monitor, es.mode, cfg.checkpoint.every, es.min_delta),
+           CALLBACKS.get("history")(run_dir),
+           CALLBACKS.get("progress")(cfg.train.epochs, enabled=not quiet),
+           # [log]: TensorBoard / MLflow; after the checkpoint callback (a resume repairs from its state).
+           *build_loggers(cfg, run_dir)] if main else []),
         # Last, so they see the epoch after early stopping and the checkpoint (a sweep's pruning hook).
         *(extra_callbacks or []),
     ]
@@ -121,7 +138,8 @@ def _build(cfg: ExperimentConfig, data: DataSplits, device: torch.device, run_di
             "input_shape": list(data.input_shape), "model": cfg.model.name, "source": data.source}
     trainer = Trainer(cfg, model, loss_fn, optimizer, scheduler, sched_monitor,
                       DeviceSplit.of(data.train, device), DeviceSplit.of(data.val, device) if data.val else None,
-                      Normalizer(data.mean, data.std, device), callbacks, device, meta, counts, resolved_dict(cfg))
+                      Normalizer(data.mean, data.std, device), callbacks, device, meta, counts, resolved_dict(cfg),
+                      world)
     trainer.transfer_record = transfer_record
     return trainer
 
@@ -137,12 +155,15 @@ def _describe(cfg: ExperimentConfig, data: DataSplits, trainer: Trainer, run_dir
 
 # --------------------------------------------------------------------------------- run/resume
 def run(config_or_path: str | Path | ExperimentConfig | dict, overrides: list[str] | dict[str, Any] | None = None,
-        runs_dir: str | Path = "runs", quiet: bool = False, extra_callbacks: list[Callback] | None = None) -> Run:
+        runs_dir: str | Path = "runs", quiet: bool = False, extra_callbacks: list[Callback] | None = None,
+        devices: int | None = None) -> Run:
     """Train, evaluate and write a run directory; returns the ``Run``.
 
     ``config_or_path``: a TOML path, a raw dict or an ExperimentConfig. ``overrides``: ``{"train.lr": 0.01}``
     or ``["train.lr=0.01"]``. ``extra_callbacks``: more ``Callback`` objects for this run (for example
-    a sweep's pruning hook). Raises UserError on bad input and RunFailure when training fails.
+    a sweep's pruning hook). ``devices``: processes to train with on this machine (overrides
+    ``distributed.devices``; ignored under torchrun, whose world is used). Raises UserError on bad
+    input and RunFailure when training fails.
     """
     if isinstance(config_or_path, ExperimentConfig):
         cfg = validate_config(apply_overrides(resolved_dict(config_or_path), overrides), "<config>")
@@ -150,82 +171,176 @@ def run(config_or_path: str | Path | ExperimentConfig | dict, overrides: list[st
         cfg = validate_config(apply_overrides(dict(config_or_path), overrides), "<dict>")
     else:
         cfg = load_config(config_or_path, overrides)
-    device = resolve_device(cfg.train.device)
+    if devices is not None:
+        cfg = validate_config(apply_overrides(resolved_dict(cfg), {"distributed.devices": devices}), "--devices")
+    world = World.from_env()
+    if world is None and cfg.distributed.devices > 1:
+        if extra_callbacks:
+            raise UserError("callbacks given in Python (a sweep's pruning hook) cannot run in processes started with "
+                            "distributed.devices > 1; train each trial in one process (devices = 1), or start the "
+                            "processes with torchrun.")
+        return _launch_run(cfg, runs_dir, quiet)
+    world = world or World()
+    device = world.device(resolve_device(cfg.train.device))
     amp_dtype(cfg.train.precision, device)  # fail on a bad precision before loading any data
+    check_loggers(cfg)  # a missing logger package fails before the run directory exists
+    world.start(cfg.distributed, device)
     seed_everything(cfg.seed, cfg.deterministic)
     data = load_data(cfg.data, cfg.seed)
-    run_dir = rd.new_run_dir(runs_dir, cfg.name)
-    rd.atomic_write_text(run_dir / rd.CONFIG, dumps_toml(cfg))
-    rd.atomic_savez(run_dir / "splits.npz", **data.indices())
-    rd.atomic_write_json(run_dir / "env.json", rd.environment(cfg.seed, device))
-    rd.write_status(run_dir, "running", name=cfg.name, dataset=cfg.data.dataset, model=cfg.model.name,
-                    started=datetime.now().isoformat(timespec="seconds"))
-    rd.write_history(run_dir, [])
+    run_dir = world.from_main(lambda: _new_run_dir(cfg, data, device, runs_dir, world))
     seed_everything(cfg.seed, cfg.deterministic)  # model init does not depend on how data loading used the RNG
-    trainer = _build(cfg, data, device, run_dir, quiet, extra_callbacks)
-    if trainer.transfer_record:  # where the weights came from, so a chain of runs can be traced back
+    trainer = _build(cfg, data, device, run_dir, quiet, extra_callbacks, world=world)
+    if trainer.transfer_record and world.is_main:  # where the weights came from, so a chain of runs can be traced back
         env = rd.read_json(run_dir / "env.json")
         env["transfer"] = trainer.transfer_record
         rd.atomic_write_json(run_dir / "env.json", env)
-    _describe(cfg, data, trainer, run_dir, quiet)
+    _describe(cfg, data, trainer, run_dir, quiet or not world.is_main)
     return _train_and_finish(cfg, data, trainer, run_dir, quiet)
 
 
-def resume(run_dir: str | Path, quiet: bool = False) -> Run:
-    """Continue an interrupted run from ``checkpoints/last.pt`` in the same directory."""
+def _new_run_dir(cfg: ExperimentConfig, data: DataSplits, device: torch.device, runs_dir: str | Path,
+                 world: World) -> Path:
+    """Create the run directory with its first files (rank 0's job); returns its path."""
+    run_dir = rd.new_run_dir(runs_dir, cfg.name)
+    dist.report_run_dir(run_dir)
+    rd.atomic_write_text(run_dir / rd.CONFIG, dumps_toml(cfg))
+    rd.atomic_savez(run_dir / "splits.npz", **data.indices())
+    rd.atomic_write_json(run_dir / "env.json", rd.environment(cfg.seed, device, world))
+    rd.write_status(run_dir, "running", name=cfg.name, dataset=cfg.data.dataset, model=cfg.model.name,
+                    started=datetime.now().isoformat(timespec="seconds"))
+    rd.write_history(run_dir, [])
+    return run_dir
+
+
+def _launch_run(cfg: ExperimentConfig, runs_dir: str | Path, quiet: bool) -> Run:
+    """``distributed.devices`` processes of ``cnnlab run`` on this machine, on the resolved config."""
+    n = cfg.distributed.devices
+    _check_devices(cfg, n)
+    with tempfile.TemporaryDirectory(prefix="cnnlab-launch-") as tmp:
+        path = Path(tmp) / "experiment.toml"
+        path.write_text(dumps_toml(cfg))
+        run_dir = dist.launch(["run", str(path), "--runs-dir", str(runs_dir), *(["-q"] if quiet else [])], n)
+    if run_dir is None:
+        raise RunFailure("the training processes exited without reporting a run directory.")
+    return Run(run_dir)
+
+
+def _check_devices(cfg: ExperimentConfig, n: int) -> None:
+    """Refuse more processes than GPUs when training on CUDA (one GPU per process)."""
+    device = resolve_device(cfg.train.device)
+    if device.type == "cuda" and n > torch.cuda.device_count():
+        raise UserError(f"distributed.devices = {n} but this machine has {torch.cuda.device_count()} GPU(s); "
+                        f"use at most that many (one process per GPU), or several machines with torchrun.")
+
+
+def resume(run_dir: str | Path, quiet: bool = False, devices: int | None = None) -> Run:
+    """Continue an interrupted run from ``checkpoints/last.pt`` in the same directory.
+
+    ``devices``: processes to continue with on this machine (default: the run's
+    ``distributed.devices``); any number works, checkpoints do not depend on it. Under torchrun
+    every process reads the run directory (on several machines: a shared file system)."""
     run_dir = rd.require_run_dir(run_dir)
     last = run_dir / "checkpoints" / "last.pt"
     if not last.exists():
         raise UserError(f"{run_dir} has no checkpoints/last.pt: it stopped before its first epoch ended; "
                         f"start it again with `cnnlab run {run_dir / rd.CONFIG}`.")
     cfg = load_config(run_dir / rd.CONFIG)
+    if devices is not None and devices < 1:
+        raise UserError(f"--devices {devices}: give a number of processes of at least 1.")
+    world = World.from_env()
+    n = devices if devices is not None else cfg.distributed.devices
+    if world is None and n > 1:
+        _check_devices(cfg, n)
+        dist.launch(["resume", str(run_dir), "--devices", str(n), *(["-q"] if quiet else [])], n)
+        return Run(run_dir)
+    world = world or World()
     state = rd.load_checkpoint(last)
-    device = resolve_device(cfg.train.device)
+    device = world.device(resolve_device(cfg.train.device))
+    world.start(cfg.distributed, device)
+    if world.is_main:
+        dist.report_run_dir(run_dir)
     seed_everything(cfg.seed, cfg.deterministic)
     data = load_data(cfg.data, cfg.seed)
-    trainer = _build(cfg, data, device, run_dir, quiet, load_transfer=False)
+    trainer = _build(cfg, data, device, run_dir, quiet, load_transfer=False, world=world)
     trainer.load_state_dict(state)
-    rd.write_history(run_dir, trainer.history)  # drop lines of epochs after the checkpoint
-    rd.write_status(run_dir, "running", resumed_at_epoch=trainer.epoch)
-    _say(f"resuming {run_dir} after epoch {trainer.epoch}/{cfg.train.epochs}", quiet)
+    if world.is_main:
+        rd.write_history(run_dir, trainer.history)  # drop lines of epochs after the checkpoint
+        rd.write_status(run_dir, "running", resumed_at_epoch=trainer.epoch, world_size=world.size)
+    _say(f"resuming {run_dir} after epoch {trainer.epoch}/{cfg.train.epochs}", quiet or not world.is_main)
     return _train_and_finish(cfg, data, trainer, run_dir, quiet)
 
 
 def _train_and_finish(cfg: ExperimentConfig, data: DataSplits, trainer: Trainer, run_dir: Path, quiet: bool) -> Run:
+    world = trainer.world
+    main = world.is_main
+    quiet = quiet or not main
     try:
         trainer.fit()
     except KeyboardInterrupt:
-        rd.write_status(run_dir, "interrupted", epoch=trainer.epoch)
+        close_loggers(trainer.callbacks, "KILLED")
+        if main:
+            rd.write_status(run_dir, "interrupted", epoch=trainer.epoch)
         raise
+    except Exception as e:
+        close_loggers(trainer.callbacks, "FAILED")
+        _lost_contact(e, trainer, cfg, run_dir)
     nan = trainer.stop_reason == "nan"
     if trainer.stop_reason and not nan:
         _say(trainer.stop_reason, quiet)
     best = run_dir / "checkpoints" / "best.pt"
-    if (cfg.train.early_stopping.restore_best or nan) and best.exists():
-        state = rd.load_checkpoint(best)
-        trainer.load_weights(state)  # the model's and the EMA average's
-        _say(f"restored the best weights (epoch {state['epoch']})", quiet)
     failure: str | None = None
-    if trainer.epoch > 0 and not (nan and not best.exists()):
-        try:
-            metrics = _evaluate_all(trainer, data, run_dir)
-        except RunFailure as e:
-            failure = str(e)
-        else:
+    metrics: dict[str, Any] | None = None
+    try:
+        # Rank 0 holds the checkpoints: it decides, loads, and gives its weights to every process.
+        has_best = world.from_main(best.exists)
+        if (cfg.train.early_stopping.restore_best or nan) and has_best:
+            if main:
+                state = rd.load_checkpoint(best)
+                trainer.load_weights(state)  # the model's and the EMA average's
+                _say(f"restored the best weights (epoch {state['epoch']})", quiet)
+            world.sync_state(trainer.model, trainer.eval_module)
+        if trainer.epoch > 0 and not (nan and not has_best):
+            try:
+                metrics = _evaluate_all(trainer, data, run_dir)
+            except RunFailure as e:
+                failure = str(e)
+    except Exception as e:
+        close_loggers(trainer.callbacks, "FAILED")
+        _lost_contact(e, trainer, cfg, run_dir)
+    if metrics is not None:
+        if main:
             rd.atomic_write_json(run_dir / rd.METRICS, metrics)
-            if not quiet:
-                for split in ("val", "test"):
-                    if split in metrics:
-                        print(f"\n{split}: accuracy {metrics[split]['accuracy']:.4f}  loss {metrics[split]['loss']:.4f}")
-                if "test" in metrics:
-                    print(classification_report(metrics["test"]))
+        if not quiet:
+            for split in ("val", "test"):
+                if split in metrics:
+                    print(f"\n{split}: accuracy {metrics[split]['accuracy']:.4f}  loss {metrics[split]['loss']:.4f}")
+            if "test" in metrics:
+                print(classification_report(metrics["test"]))
+    world.close()  # no collectives from here on
     if nan or failure:
         epoch = trainer.history[-1]["epoch"] if trainer.history else 0
-        rd.write_status(run_dir, "failed", error="nan", epoch=epoch)
-    if trainer.epoch > 0:
+        if main:
+            rd.write_status(run_dir, "failed", error="nan", epoch=epoch)
+    if trainer.epoch > 0 and main:
         from .diagnose import diagnose_after_run
 
         diagnose_after_run(run_dir, quiet)  # writes diagnostics.json, prints warnings and errors
+
+    def outputs() -> None:
+        """The report and the loggers' final record, once the status is final (rank 0 only)."""
+        if not main:
+            return
+        if trainer.epoch > 0:
+            from .report import report_after_run
+
+            report_after_run(run_dir, quiet, data)  # never raises; CNNLAB_REPORT=0 / [report] enabled = false skip it
+        if metrics is not None and not (nan or failure):
+            log_final(trainer.callbacks, metrics, run_dir)  # after report.html: MLflow keeps it as an artifact
+        else:
+            close_loggers(trainer.callbacks, "FAILED")
+
+    if nan or failure:
+        outputs()
     if nan:
         kept = f"the best checkpoint {best} is kept and evaluated" if best.exists() else "no checkpoint was good"
         raise RunFailure(f"training stopped at epoch {epoch}: the loss became NaN or infinite (usually a learning "
@@ -233,15 +348,31 @@ def _train_and_finish(cfg: ExperimentConfig, data: DataSplits, trainer: Trainer,
                          f"{'; ' + failure if failure else ''}. Run directory: {run_dir}.")
     if failure:
         raise RunFailure(f"{failure} Run directory: {run_dir}.")
-    rd.write_status(run_dir, "completed", epoch=trainer.epoch, stop_reason=trainer.stop_reason,
-                    train_seconds=round(sum(h["seconds"] for h in trainer.history), 3),
-                    finished=datetime.now().isoformat(timespec="seconds"))
+    if main:
+        rd.write_status(run_dir, "completed", epoch=trainer.epoch, stop_reason=trainer.stop_reason,
+                        train_seconds=round(sum(h["seconds"] for h in trainer.history), 3),
+                        finished=datetime.now().isoformat(timespec="seconds"))
+        outputs()
     _say(f"\nrun directory: {run_dir}", quiet)
     return Run(run_dir)
 
 
+def _lost_contact(e: Exception, trainer: Trainer, cfg: ExperimentConfig, run_dir: Path) -> None:
+    """Re-raise ``e``, or, when it is a collective failing because another process died or hung,
+    mark the run failed (rank 0) and raise a RunFailure that says so."""
+    world = trainer.world
+    if not (world.enabled and dist.is_peer_failure(e)):
+        raise e
+    if world.is_main:
+        rd.write_status(run_dir, "failed", error="lost contact with another process", epoch=trainer.epoch)
+    raise RunFailure(dist.peer_failure_message(world, e, cfg.distributed.timeout_s)
+                     + f" Run directory: {run_dir}.") from None
+
+
 def _evaluate_all(trainer: Trainer, data: DataSplits, run_dir: Path) -> dict[str, Any]:
-    """metrics.json content for train (eval mode, no augmentation), val and test; writes predictions."""
+    """metrics.json content for train (eval mode, no augmentation), val and test; writes predictions.
+    With several processes the evaluation is sharded (every process gets all probabilities, so all
+    agree on a failure) and rank 0 computes the metrics and writes; the others return {}."""
     out: dict[str, Any] = {}
     for name in ("train", "val", "test"):
         split = getattr(data, name)
@@ -252,6 +383,8 @@ def _evaluate_all(trainer: Trainer, data: DataSplits, run_dir: Path) -> dict[str
         if not np.isfinite(probs).all():
             raise RunFailure(f"the model's outputs on the {name} split are not finite: its weights overflowed "
                              f"(a learning rate far too high?), so no metrics were written.")
+        if not trainer.world.is_main:
+            continue
         y = split.y.numpy()
         out[name] = compute_metrics(y, probs, data.class_names, loss)
         rd.atomic_savez(run_dir / "predictions" / f"{name}.npz", y_true=y, y_prob=probs.astype(np.float32),

@@ -484,6 +484,12 @@ def load_sweep(path: str | Path, overrides: list[str] | dict[str, Any] | None = 
                                     f"{cfg.base}: {msg}") from None
     ctx = SweepContext(cfg, where, base, fixed, base_cfg.seed, stages)
     ctx.fingerprint = _fingerprint(cfg, fixed, trials or cfg.trials, base_raw)
+    # A report per trial costs seconds (more than a short trial's training); the sweep gets its own
+    # report and `cnnlab report TRIAL_DIR` draws any trial's on demand. Trials keep their reports
+    # when the experiment or the sweep sets [report] explicitly. (After the fingerprint, so sweeps
+    # started before this default resume as the same sweep.)
+    if "report" not in read_toml(base) and not any(k.split(".")[0] == "report" for k in fixed):
+        ctx.overrides["report.enabled"] = False
     return ctx
 
 
