@@ -80,3 +80,21 @@ def test_html_class_names_show_as_text(browser, pages):
     # ... and nothing was injected: the only images are the report's own data: PNGs.
     assert browser.evaluate("[...document.images].every(i => i.src.startsWith('data:image/png;base64,'))")
     assert browser.evaluate("document.scripts.length") == 0
+
+
+GIVEN = [p for p in os.environ.get("CNNLAB_BROWSER_PAGES", "").split(os.pathsep) if p]
+
+
+@pytest.mark.skipif(not GIVEN, reason="CNNLAB_BROWSER_PAGES is not set (pages of real runs to check, "
+                    "separated by ':', e.g. a CIFAR-10 report and a compare page; docs/report.md)")
+@pytest.mark.parametrize("page", GIVEN)
+def test_given_pages_load_offline_with_every_figure(browser, artifacts, page):
+    """Pages of real runs (docs/report.md: a seed001_cnn CIFAR-10 report and its comparison with a
+    resnet18 run): the same checks, and every figure the page's directory saved is on the page."""
+    path = Path(page)
+    check = browser.open(path)
+    shot = artifacts / f"given_{path.parent.name}_{path.stem}.png"
+    shot.write_bytes(check.screenshot)
+    assert check.errors == [] and check.network == []
+    figures = list((path.parent / "figures").glob("*.png"))
+    assert check.images_ok and check.images >= max(2, len(figures)), f"broken: {check.broken_images}"

@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterator
 import matplotlib
 import matplotlib.cm
 import matplotlib.colors
+import matplotlib.ticker
 import matplotlib.figure
 import matplotlib.ticker
 import numpy as np
@@ -635,7 +636,9 @@ def _per_epoch_lines(axes_specs: list[tuple[str, bool, np.ndarray]], layers: lis
     axes[0].set_title(title)
     norm = matplotlib.colors.Normalize(lo, hi if hi > lo else lo + 1)
     sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
-    fig.colorbar(sm, ax=list(axes), label="epoch", fraction=0.03, pad=0.01)
+    cbar = fig.colorbar(sm, ax=list(axes), label="epoch", fraction=0.03, pad=0.01)
+    cbar.locator = matplotlib.ticker.MaxNLocator(integer=True)  # epochs are whole numbers
+    cbar.update_ticks()
     return ModelFigure(key, title, fig, caption)
 
 
