@@ -404,6 +404,18 @@ def resolved_dict(cfg: ExperimentConfig) -> dict[str, Any]:
     return _drop_none(d)
 
 
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict as key paths: ``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}`` (the form of
+    ``--set`` keys; lists are values, not descended into)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _drop_none(x: Any) -> Any:
     if isinstance(x, dict):
         return {k: _drop_none(v) for k, v in x.items() if v is not None}

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .callbacks import CALLBACKS, Callback, HistoryWriter
+from .config import flatten
 from .errors import UserError
 from .rundir import CONFIG, METRICS
 
@@ -116,17 +117,10 @@ def final_scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def flatten_config(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """A nested config dict as ``{"train.lr": "0.003", "model.channels": "[32, 64]", ...}`` (strings as
-    they are, everything else as JSON, so booleans read ``true`` as in the TOML file)."""
-    out: dict[str, str] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten_config(v, key + "."))
-        else:
-            out[key] = (v if isinstance(v, str) else json.dumps(v))[:_MLFLOW_PARAM_CHARS]
-    return out
+def flatten_config(d: dict[str, Any]) -> dict[str, str]:
+    """A nested config dict as MLflow params: ``{"train.lr": "0.003", "model.channels": "[32, 64]", ...}``
+    (strings as they are, everything else as JSON, so booleans read ``true`` as in the TOML file)."""
+    return {k: (v if isinstance(v, str) else json.dumps(v))[:_MLFLOW_PARAM_CHARS] for k, v in flatten(d).items()}
 
 
 def confusion_split(metrics: dict[str, Any]) -> str | None:

@@ -44,6 +44,7 @@ from urllib.parse import quote
 import numpy as np
 
 from . import rundir as rd
+from .config import flatten
 from .errors import UserError
 from .registry import Registry
 
@@ -711,20 +712,12 @@ def section_diagnostics(r: RunReport) -> Markup:
     return join(out)
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    out: list[tuple[str, Any]] = []
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out += _flatten(v, f"{prefix}{k}.")
-        else:
-            out.append((f"{prefix}{k}", v))
-    return out
 
 
 @SECTIONS.register("config", summary="the resolved config.toml and env.json")
 def section_config(r: RunReport) -> Markup:
     env = [(k, json.dumps(v) if isinstance(v, (list, dict)) else ("-" if v is None else v))
-           for k, v in _flatten(r.env)]
+           for k, v in flatten(r.env).items()]
     return join([
         tag("p", "config.toml: the fully resolved experiment; ", tag("code", f"cnnlab run {r.dir / rd.CONFIG}"),
             " repeats the run."),

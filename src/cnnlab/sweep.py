@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from . import rundir as rd
 from .callbacks import Callback
-from .config import _validation_message, apply_overrides, load_config, parse_override, read_toml, validate_config
+from .config import _validation_message, apply_overrides, flatten, load_config, parse_override, read_toml, validate_config
 from .errors import RunFailure, UserError
 from .registry import Registry
 
@@ -181,15 +181,6 @@ class Param:
         return [self.decode(c) for c in self.choices] if self.choices is not None else [self.spec.low, self.spec.high]
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        path = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, path + "."))
-        else:
-            out[path] = v
-    return out
 
 
 def parse_space(space: dict[str, Any], where: str) -> list[Param]:
@@ -462,7 +453,7 @@ def load_sweep(path: str | Path, overrides: list[str] | dict[str, Any] | None = 
     if not base.is_file():
         raise UserError(f"{where}: base = {cfg.base!r}: {base} does not exist (the path is relative to the sweep file).")
 
-    fixed = _flatten(cfg.overrides)
+    fixed = flatten(cfg.overrides)
     if isinstance(overrides, dict):
         fixed.update(overrides)
     else:
