@@ -310,3 +310,17 @@ def test_bad_sweep_file_exits_2(tmp_path, capsys, case):
     for n in needles:
         assert n in err, (n, err)
     assert not (tmp_path / "sweeps").exists()  # nothing is created for a bad file
+
+
+def test_a_finished_sweep_writes_its_report_and_trials_skip_theirs(tmp_path, monkeypatch):
+    """The end of a sweep: report.html in the sweep directory (the ranked table and figures); its
+    trials write no per-trial report unless the experiment asks for one."""
+    monkeypatch.delenv("CNNLAB_REPORT")  # conftest switches reports off for the suite
+    body = GRID8.replace('name = "grid8"', 'name = "rep"').replace('"model.hidden_layers" = [1, 2]\n', "")
+    body = body.replace("train.batch_size = [32, 64]", "")
+    sweep = write_sweep(tmp_path, body)
+    assert main(["sweep", str(sweep), "--runs-dir", str(tmp_path / "sweeps"), "-q"]) == 0
+    d = only_dir(tmp_path / "sweeps" / "rep")
+    page = (d / "report.html").read_text()
+    assert "trial" in page and "data:image/png;base64," in page
+    assert not list((d / "trials").glob("*/*/report.html"))

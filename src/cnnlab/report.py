@@ -771,12 +771,17 @@ def write_report(run_dir: str | Path, data: "DataSplits | None" = None, quiet: b
     return out
 
 
+def reports_enabled() -> bool:
+    """False when the environment says ``CNNLAB_REPORT=0``: end-of-run and end-of-sweep reports off
+    for a whole session (the test suite, batch jobs) without editing experiment files;
+    ``cnnlab report DIR`` still draws one on demand."""
+    return os.environ.get("CNNLAB_REPORT", "").strip().lower() not in {"0", "false", "off", "no"}
+
+
 def report_after_run(run_dir: Path, quiet: bool, data: "DataSplits | None" = None) -> None:
     """The end of ``cnnlab run``: write the report unless ``[report] enabled = false``. Never
     raises (a finished run stays finished): a failure prints one warning line."""
-    # CNNLAB_REPORT=0 switches end-of-run reports off for a whole session (the test suite, batch
-    # jobs) without editing experiment files; `cnnlab report RUN_DIR` still draws one on demand.
-    if os.environ.get("CNNLAB_REPORT", "").strip().lower() in {"0", "false", "off", "no"}:
+    if not reports_enabled():
         return
     try:
         from .config import load_config

@@ -968,6 +968,13 @@ def finalize(ctx: SweepContext) -> SweepResult:
         _figures(ctx, rows, ranked, studies, keys)
     except Exception as e:  # figures are a bonus: never lose a finished sweep over one
         _say(ctx, f"warning: figures not written: {type(e).__name__}: {e}")
+    from .report import reports_enabled, write_sweep_report
+
+    if reports_enabled():
+        try:  # the ranked table and the figures above as one page (docs/report.md)
+            _say(ctx, f"report: {write_sweep_report(ctx.dir)}")
+        except Exception as e:  # like the figures: never lose a finished sweep over its page
+            _say(ctx, f"warning: sweep report not written: {type(e).__name__}: {e}")
     return SweepResult(ctx.dir, out, [{k: v for k, v in r.items() if not k.startswith("_")} for r in ranked],
                        {k: v for k, v in best.items() if not k.startswith("_")} if best else None)
 
