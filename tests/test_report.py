@@ -272,3 +272,16 @@ def test_sweep_report_ranks_trials_and_draws_its_figures(tmp_path, capsys):
     index = write_runs_index(tmp_path / "sweeps")
     itext = index.read_text()
     assert "tiny_grid" in itext and itext.count("trial-") >= 2
+
+
+def test_a_new_report_removes_figures_it_no_longer_draws(cnn_run, tmp_path):
+    d = tmp_path / "run"
+    shutil.copytree(cnn_run, d)
+    assert (d / "figures" / "saliency.png").is_file()
+    cfg = (d / rd.CONFIG).read_text()
+    assert "explain_images = 4" in cfg
+    (d / rd.CONFIG).write_text(cfg.replace("explain_images = 4", "explain_images = 0"))
+    write_report(d)
+    left = {p.stem for p in (d / "figures").glob("*.png")}
+    assert "saliency" not in left and "gradcam" not in left and "feature_maps" not in left
+    assert "curves" in left  # the figures this page still draws stay

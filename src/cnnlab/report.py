@@ -766,6 +766,12 @@ def write_report(run_dir: str | Path, data: "DataSplits | None" = None, quiet: b
     sections = _draw_sections(r, SECTIONS)
     out = path / REPORT
     rd.atomic_write_text(out, page.render(sections))
+    # figures/ of a run directory holds this page's figures only: drop those an earlier report
+    # drew and this one did not (a section that now fails, fewer explain images), so the folder
+    # never shows a stale picture beside a new page. After the page: a crash keeps the old set.
+    for old in page.fig_dir.glob("*.png"):
+        if old.stem not in page.figure_keys:
+            old.unlink(missing_ok=True)
     if not quiet:
         print(f"report: {out}")
     return out
