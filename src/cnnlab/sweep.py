@@ -1030,10 +1030,9 @@ def _print_ranking(ctx: SweepContext, ranked: list[dict], keys: list[str], rows:
 
 
 def _figures(ctx: SweepContext, rows: list[dict], ranked: list[dict], studies: dict, keys: list[str]) -> None:
-    import matplotlib
+    from matplotlib.ticker import MaxNLocator, NullFormatter
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from . import plots  # the report's colorblind-safe style; Figure objects, no pyplot state
 
     metric = ctx.cfg.metric
     figdir = ctx.dir / "figures"
@@ -1043,15 +1042,14 @@ def _figures(ctx: SweepContext, rows: list[dict], ranked: list[dict], studies: d
         return
 
     def save(fig, name: str) -> None:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        rd.atomic_write_bytes(figdir / name, buf.getvalue())
+        plots.save_png(fig, figdir / name)
 
     # Metric against each parameter (categorical values as evenly spaced labels).
     ranges = {p.key: p for s in ctx.stages for p in s.params}
     n = len(keys)
-    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.2), squeeze=False)
+    with plots.style():
+        fig = plots.figure(3.6 * n, 3.2)
+        axes = fig.subplots(1, n, squeeze=False)
     for ax, key in zip(axes[0], keys):
         xs = [r[key] for r in done]
         ys = [r[metric] for r in done]
@@ -1060,6 +1058,7 @@ def _figures(ctx: SweepContext, rows: list[dict], ranked: list[dict], studies: d
             ax.scatter(xs, ys, alpha=0.8)
             if spec.log:
                 ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap within a decade
         else:  # listed values: one evenly spaced label each, in the file's order
             labels = list(dict.fromkeys(_fmt_value(ranges[key].decode(c)) for c in ranges[key].choices))
             pos = {lab: i for i, lab in enumerate(labels)}
@@ -1069,11 +1068,11 @@ def _figures(ctx: SweepContext, rows: list[dict], ranked: list[dict], studies: d
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     fig.suptitle(f"{ctx.cfg.name}: {metric} against each parameter")
-    fig.tight_layout()
     save(fig, "metric_vs_params.png")
 
     # Optimization history: each trial's value in the order trials ran, and the best so far.
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    with plots.style():
+        ax = (fig := plots.figure(6, 3.6)).subplots()
     ys = [r[metric] for r in done]
     best, cur = [], None
     for y in ys:
@@ -1081,6 +1080,7 @@ def _figures(ctx: SweepContext, rows: list[dict], ranked: list[dict], studies: d
         best.append(cur)
     ax.plot(range(1, len(ys) + 1), ys, "o", label="trial")
     ax.plot(range(1, len(ys) + 1), best, "-", label="best so far")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are counted
     ax.set_xlabel("complete trial")
     ax.set_ylabel(metric)
     ax.legend()
@@ -1100,7 +1100,8 @@ def _figures(ctx: SweepContext, rows: list[dict], ranked: list[dict], studies: d
             imp = optuna.importance.get_param_importances(study)
         except Exception:
             continue  # e.g. every trial has the same value
-        fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * len(imp)))
+        with plots.style():
+            ax = (fig := plots.figure(6, 0.5 + 0.45 * len(imp))).subplots()
         names = list(imp)[::-1]
         ax.barh(names, [imp[k] for k in names])
         ax.set_xlabel("importance (fANOVA)")
