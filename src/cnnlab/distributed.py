@@ -314,12 +314,13 @@ def _rendezvous_store() -> Any:
     return TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
 
 
-def _die_with_parent() -> None:
-    """In a worker (Linux): receive SIGTERM when the launcher dies, so no orphan trains on."""
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """In a child process (Linux): receive ``sig`` when the parent dies, so no orphan trains on
+    (elsewhere: nothing)."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # 1 = PR_SET_PDEATHSIG
     except Exception:
         pass
 
@@ -374,7 +375,7 @@ def launch(args: list[str], devices: int, *, grace_s: float = 10.0, poll_s: floa
                 f = open(logs / f"rank{r}.log", "wb")
                 files.append(f)
                 out = err = f
-            preexec = _die_with_parent if sys.platform.startswith("linux") else None
+            preexec = die_with_parent if sys.platform.startswith("linux") else None
             procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=err, preexec_fn=preexec))
         failed = _supervise(procs, poll_s)
         if failed is not None:

@@ -163,7 +163,7 @@ def predict(model: nn.Module, split: DeviceSplit, norm: Normalizer, batch_size: 
     device = split.x.device
     starts = range(0, len(split), chunk)
     lo, hi = world.bounds(len(starts))  # this process's chunks (all of them in one process)
-    probs, loss_sum, terms = [], torch.zeros((), device=device), []
+    probs, terms = [], []
     for i in starts[lo:hi]:
         x = norm(split.x[i:i + chunk])
         b = x.shape[0]
@@ -177,11 +177,7 @@ def predict(model: nn.Module, split: DeviceSplit, norm: Normalizer, batch_size: 
             out = (out.float().view(len(views), b, -1) * weights).sum(0)  # (B, K)
         if loss_fn is not None:
             y = split.y[i:i + chunk]
-            term = loss_fn(out.float(), y).float() * len(y)  # () float32: the chunk's summed loss
-            if world.enabled:
-                terms.append(term)
-            else:
-                loss_sum += term
+            terms.append(loss_fn(out.float(), y).float() * len(y))  # () float32: the chunk's summed loss
         probs.append(_output_probs(model, out))
     k = probs[0].shape[1] if probs else 0
     p = torch.cat(probs).cpu().numpy() if probs else np.zeros((0, k), np.float32)
@@ -189,9 +185,12 @@ def predict(model: nn.Module, split: DeviceSplit, norm: Normalizer, batch_size: 
         local_terms = torch.stack(terms).cpu() if terms else torch.zeros(0)
         parts = world.all_gather((p, local_terms))
         p = np.concatenate([q for q, _ in parts if len(q)] or [p])
-        loss_sum = torch.zeros(())
-        for t in torch.cat([t for _, t in parts]):  # chunk order, float32: as one process sums them
-            loss_sum += t
+        terms = list(torch.cat([t for _, t in parts]))
+    # Summed one chunk at a time in chunk order, in float32: the same additions (so the same bits)
+    # whether one process or several evaluated the chunks.
+    loss_sum = torch.zeros((), device=terms[0].device if terms else device)
+    for t in terms:
+        loss_sum += t
     loss = float(loss_sum) / max(1, len(split)) if loss_fn is not None else None
     return p, loss
 

@@ -139,7 +139,9 @@ def environment(seed: int, device: torch.device, world: Any = None) -> dict[str,
 
     from . import __version__
 
-    launched = os.environ.get("CNNLAB_LAUNCH_COMMAND")  # set by `cnnlab run --devices N` for its workers
+    from .distributed import LAUNCH_COMMAND_ENV
+
+    launched = os.environ.get(LAUNCH_COMMAND_ENV)  # set by `cnnlab run --devices N` for its workers
     env = {
         "seed": seed,
         "command": json.loads(launched) if launched else sys.argv,

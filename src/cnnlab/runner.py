@@ -317,19 +317,19 @@ def _train_and_finish(cfg: ExperimentConfig, data: DataSplits, trainer: Trainer,
             if "test" in metrics:
                 print(classification_report(metrics["test"]))
     world.close()  # no collectives from here on
-    if nan or failure:
-        epoch = trainer.history[-1]["epoch"] if trainer.history else 0
-        if main:
+    epoch = trainer.history[-1]["epoch"] if trainer.history else 0
+    if main:
+        if nan or failure:
             rd.write_status(run_dir, "failed", error="nan", epoch=epoch)
-    if trainer.epoch > 0 and main:
-        from .diagnose import diagnose_after_run
+        if trainer.epoch > 0:
+            from .diagnose import diagnose_after_run
 
-        diagnose_after_run(run_dir, quiet)  # writes diagnostics.json, prints warnings and errors
-
-    def outputs() -> None:
-        """The report and the loggers' final record, once the status is final (rank 0 only)."""
-        if not main:
-            return
+            diagnose_after_run(run_dir, quiet)  # writes diagnostics.json, prints warnings and errors
+        if not (nan or failure):
+            rd.write_status(run_dir, "completed", epoch=trainer.epoch, stop_reason=trainer.stop_reason,
+                            train_seconds=round(sum(h["seconds"] for h in trainer.history), 3),
+                            finished=datetime.now().isoformat(timespec="seconds"))
+        # The report and the loggers' final record once the status is final (the page shows it).
         if trainer.epoch > 0:
             from .report import report_after_run
 
@@ -338,9 +338,6 @@ def _train_and_finish(cfg: ExperimentConfig, data: DataSplits, trainer: Trainer,
             log_final(trainer.callbacks, metrics, run_dir)  # after report.html: MLflow keeps it as an artifact
         else:
             close_loggers(trainer.callbacks, "FAILED")
-
-    if nan or failure:
-        outputs()
     if nan:
         kept = f"the best checkpoint {best} is kept and evaluated" if best.exists() else "no checkpoint was good"
         raise RunFailure(f"training stopped at epoch {epoch}: the loss became NaN or infinite (usually a learning "
@@ -348,11 +345,6 @@ def _train_and_finish(cfg: ExperimentConfig, data: DataSplits, trainer: Trainer,
                          f"{'; ' + failure if failure else ''}. Run directory: {run_dir}.")
     if failure:
         raise RunFailure(f"{failure} Run directory: {run_dir}.")
-    if main:
-        rd.write_status(run_dir, "completed", epoch=trainer.epoch, stop_reason=trainer.stop_reason,
-                        train_seconds=round(sum(h["seconds"] for h in trainer.history), 3),
-                        finished=datetime.now().isoformat(timespec="seconds"))
-        outputs()
     _say(f"\nrun directory: {run_dir}", quiet)
     return Run(run_dir)
 

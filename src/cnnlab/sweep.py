@@ -845,13 +845,11 @@ def _work(ctx: SweepContext, worker: int) -> None:
 
 def _child(ctx: SweepContext, worker: int, threads: int, gpu: str | None) -> None:
     """Entry point of a spawned worker process."""
-    try:  # die with the parent (SIGKILL included) instead of running on as an orphan (Linux)
-        import ctypes
-        import signal
+    import signal
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-    except Exception:
-        pass
+    from .distributed import die_with_parent
+
+    die_with_parent(signal.SIGKILL)  # die with the parent (SIGKILL included) instead of running on as an orphan
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before torch initializes CUDA in this process
     import torch
