@@ -81,3 +81,12 @@ def test_resolved_config_round_trips_with_defaults(tmp_path):
     again = validate_config(raw, "config.toml")
     assert dumps_toml(again) == text
     assert isinstance(again, ExperimentConfig)
+
+
+def test_overrides_leave_the_callers_dict_unchanged():
+    from cnnlab.config import apply_overrides
+
+    raw = {"train": {"lr": 0.1, "scheduler": "cosine"}}
+    out = apply_overrides(raw, {"train.lr": 0.5, "train.scheduler.t_max": 3, "data.augment.hflip": True})
+    assert raw == {"train": {"lr": 0.1, "scheduler": "cosine"}}
+    assert out["train"] == {"lr": 0.5, "scheduler": {"name": "cosine", "t_max": 3}} and out["data"]["augment"]["hflip"]

@@ -8,6 +8,8 @@ chosen model, scheduler and loss against those entries' own parameter models.
 
 from __future__ import annotations
 
+import copy
+
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -32,7 +34,10 @@ class Open(BaseModel):
 
 # ---------------------------------------------------------------------------------------- data
 class AugmentConfig(Strict):
-    crop_padding: int = Field(0, ge=0, description="random crop after zero padding of this many pixels; 0 = off")
+    crop_padding: int = Field(0, ge=0, description="random crop after padding by this many pixels; 0 = off")
+    padding_mode: Literal["constant", "edge", "reflect", "symmetric"] = Field(
+        "constant", description="how the crop's border is filled, as torchvision's RandomCrop: constant (zeros), "
+        "edge (repeat the border pixel), reflect (mirror without repeating the border; airbench's translate), symmetric")
     hflip: bool | Literal["alternate"] = Field(
         False, description="true = random horizontal flip with probability 0.5; \"alternate\" = airbench's scheme: "
         "a random flip per image in epoch 1, then every image flipped the other way than in the epoch before")
@@ -77,6 +82,9 @@ class SchedulerConfig(Open):
 
     name: str = "none"
     warmup_epochs: int = Field(0, ge=0)
+    interval: Literal["epoch", "step"] = Field(
+        "epoch", description="when the lr changes: after every epoch, or after every optimizer step (the same "
+        "schedule, still given in epochs, followed smoothly within each epoch; airbench, OneCycle)")
 
 
 class LossConfig(Open):
@@ -98,6 +106,8 @@ class EMAConfig(Strict):
 class TrainConfig(Strict):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1)
+    drop_last: bool = Field(False, description="skip the last incomplete batch of every epoch (airbench); otherwise only a "
+                            "last batch too small for BatchNorm (fewer than 2 images, or than processes) is skipped")
     optimizer: str = "adam"
     lr: float = Field(1e-3, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -285,10 +295,12 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any] | None) -> dict[str, Any]:
-    """Set nested keys in a raw config dict from ``--set`` strings or a ``{"a.b": value}`` dict."""
+    """A copy of a raw config dict with nested keys set from ``--set`` strings or a ``{"a.b": value}``
+    dict (the caller's dict, which may be a Python API user's own, is never changed)."""
     items: list[tuple[list[str], Any]]
     if not overrides:
         return raw
+    raw = copy.deepcopy(raw)
     if isinstance(overrides, dict):
         items = [(k.split("."), v) for k, v in overrides.items()]
     else:
@@ -364,7 +376,8 @@ def _validate_entry_keys(cfg: ExperimentConfig, source: str) -> None:
             allowed = _section_keys(entry.params)
             raise UserError(
                 _validation_message(e, source, where)[:-1]
-                + f". Keys of {registry.kind} {section.name!r}: name, {allowed}."
+                + f". Keys of {registry.kind} {section.name!r}: name, "
+                + ("warmup_epochs, interval, " if where == "train.scheduler" else "") + f"{allowed}."
             ) from None
 
 
