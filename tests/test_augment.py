@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torchvision.transforms.functional as TF
 
@@ -16,6 +17,22 @@ def test_batched_crop_equals_per_image_crop_with_same_offsets():
         ref = TF.crop(TF.pad(x[i], [pad]), int(dy[i]), int(dx[i]), 32, 32)
         assert torch.equal(out[i], ref)
     assert out.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("mode", ["constant", "edge", "reflect", "symmetric"])
+def test_batched_crop_equals_torchvision_in_every_padding_mode(mode):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (12, 3, 9, 7), dtype=torch.uint8, generator=g)
+    pad = 3
+    dy = torch.randint(0, 2 * pad + 1, (12,), generator=g)
+    dx = torch.randint(0, 2 * pad + 1, (12,), generator=g)
+    dy[:2], dx[:2] = 0, 2 * pad  # the two extreme corners
+    out = crop_with_offsets(x, pad, dy, dx, mode)
+    for i in range(12):
+        # torchvision's RandomCrop((9, 7), padding=3, padding_mode=mode) at (top, left) = (dy, dx)
+        ref = TF.crop(TF.pad(x[i], [pad], padding_mode=mode), int(dy[i]), int(dx[i]), 9, 7)
+        assert torch.equal(out[i], ref), (mode, i)
+    assert out.dtype == torch.uint8 and out.shape == x.shape
 
 
 def test_crop_covers_all_offsets_and_keeps_shape():

@@ -318,3 +318,14 @@ def test_alternating_flips_in_the_trainer_alternate_per_image():
         assert torch.equal(a, ~b)  # every image flips state from one epoch to the next
     # Same seed -> same base (a resumed run rebuilds it), another seed -> other flips.
     assert torch.equal(make_trainer(cfg, small_model(), x, y).flip_base, base)
+
+
+def test_epoch_steps_keep_or_drop_the_last_batch():
+    from cnnlab.engine import epoch_steps
+
+    assert epoch_steps(100, 32) == 4  # the last 4 images form a 4th batch
+    assert epoch_steps(100, 32, drop_last=True) == 3
+    assert epoch_steps(65, 32) == 2  # a last batch of 1 image cannot train BatchNorm: skipped
+    assert epoch_steps(66, 32, processes=4) == 2  # 2 images cannot give each of 4 processes one
+    assert epoch_steps(67, 32, processes=2) == 3
+    assert epoch_steps(10, 32, drop_last=True) == 1  # fewer images than one batch: one short batch

@@ -66,6 +66,47 @@ def test_warmup_with_plateau_is_refused():
         build_scheduler(build_optimizer(model(), t), t)
 
 
+def _lrs(t: TrainConfig, steps_per_epoch: int) -> list[float]:
+    """The lr of every optimizer step of a run, stepping the scheduler as the engine does: after each
+    optimizer step (interval = "step") or after each epoch's last one."""
+    opt = build_optimizer(model(), t)
+    sched, _ = build_scheduler(opt, t, steps_per_epoch)
+    out = []
+    for i in range(t.epochs * steps_per_epoch):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        if t.scheduler.interval == "step" or (i + 1) % steps_per_epoch == 0:
+            sched.step()
+    return out
+
+
+def test_per_step_interval_follows_the_epoch_schedule_within_epochs():
+    # airbench's triangle over 40 steps: 0.2 -> 1 over the first 8 (0.2 of them), then down to 0.1.
+    sched = {"name": "linear", "start_factor": 0.2, "peak": 0.2, "end_factor": 0.1, "interval": "step"}
+    lrs = _lrs(TrainConfig(optimizer="sgd", lr=1.0, epochs=10, scheduler=sched), 4)
+    ref = [0.2 + 0.8 * i / 8 if i < 8 else 1.0 - 0.9 * (i - 8) / 32 for i in range(40)]
+    assert lrs == pytest.approx(ref)
+    # The same schedule per epoch changes the lr only at epoch boundaries, at the same points.
+    per_epoch = _lrs(TrainConfig(optimizer="sgd", lr=1.0, epochs=10, scheduler={**sched, "interval": "epoch"}), 4)
+    assert per_epoch[::4] == pytest.approx(lrs[::4]) and per_epoch[1] == per_epoch[0] != lrs[1]
+    # Periods, milestones and the warmup are in epochs: a step decay every 2 epochs of 3 steps.
+    step = _lrs(TrainConfig(lr=1.0, epochs=4, scheduler={"name": "step", "step_size": 2, "gamma": 0.5,
+                                                          "interval": "step"}), 3)
+    assert step == [1.0] * 6 + [0.5] * 6
+    cos = _lrs(TrainConfig(lr=1.0, epochs=3, scheduler={"name": "cosine", "interval": "step"}), 5)
+    assert cos[0] == 1.0 and cos == sorted(cos, reverse=True) and len(set(cos)) == 15
+    warm = _lrs(TrainConfig(lr=1.0, epochs=4, scheduler={"name": "cosine", "warmup_epochs": 1, "interval": "step"}), 4)
+    assert warm[:5] == sorted(warm[:5]) and warm[4] == pytest.approx(1.0) and warm[-1] < 1.0
+    one = _lrs(TrainConfig(lr=1.0, epochs=3, scheduler={"name": "onecycle", "interval": "step"}), 10)
+    assert max(one) == pytest.approx(1.0, rel=0.05) and one.index(max(one)) in range(8, 11)
+
+
+def test_plateau_per_step_is_refused():
+    t = TrainConfig(scheduler={"name": "plateau", "interval": "step"})
+    with pytest.raises(UserError, match="per optimizer step"):
+        build_scheduler(build_optimizer(model(), t), t, 10)
+
+
 def bn_model():
     return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
                                torch.nn.Linear(4, 2))

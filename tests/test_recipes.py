@@ -24,11 +24,12 @@ REPO = Path(__file__).resolve().parents[1]
 FAST = {
     "name": "fast", "seed": 2, "deterministic": True,
     "data": {"dataset": "digits", "per_class": 30, "test_fraction": 0.2, "val_fraction": 0.2,
-             "augment": {"crop_padding": 1, "hflip": "alternate"}},
-    "model": {"name": "airbench", "widths": [8, 16]},
-    "train": {"epochs": 4, "batch_size": 32, "optimizer": "sgd", "lr": 0.2, "momentum": 0.85, "nesterov": True,
-              "device": "cpu", "label_smoothing": 0.2, "bn_bias_lr_scale": 16.0, "tta": "flip_translate",
-              "scheduler": "linear", "ema": {"mode": "ema", "decay": 0.9, "every": 2, "ramp": "cubic"}},
+             "augment": {"crop_padding": 1, "padding_mode": "reflect", "hflip": "alternate"}},
+    "model": {"name": "airbench", "widths": [8, 16], "whiten_bias_epochs": 3},
+    "train": {"epochs": 4, "batch_size": 50, "drop_last": True, "optimizer": "sgd", "lr": 0.2, "momentum": 0.85,
+              "nesterov": True, "device": "cpu", "label_smoothing": 0.2, "bn_bias_lr_scale": 16.0,
+              "tta": "flip_translate", "scheduler": {"name": "linear", "interval": "step"},
+              "ema": {"mode": "ema", "decay": 0.9, "every": 2, "ramp": "cubic"}},
     "diagnostics": {"stats_every": 0},
 }
 
@@ -64,12 +65,38 @@ def test_speed_options_run_resume_exactly_and_evaluate_with_the_ema_weights(tmp_
     assert again["test"]["loss"] == pytest.approx(ref.metrics["test"]["loss"], rel=1e-5)
 
 
+class WhitenBias(Callback):
+    def __init__(self):
+        self.seen, self.batches = [], []
+
+    def on_train_batch_end(self, trainer, step, steps):
+        self.batches.append(trainer._running[2])  # images seen so far in this epoch
+
+    def on_epoch_end(self, trainer, logs):
+        self.seen.append(trainer.model.whiten.bias.detach().clone())
+
+
+def test_whitening_bias_trains_for_its_epochs_then_freezes_and_last_batch_is_dropped(tmp_path):
+    rec = WhitenBias()
+    run = cnnlab.run(FAST, runs_dir=tmp_path, quiet=True, extra_callbacks=[rec])
+    start = torch.zeros_like(rec.seen[0])
+    b1, b2, b3, b4 = rec.seen
+    # Trains in epochs 1-3 (airbench: whiten_bias_epochs), then stays as it was after epoch 3.
+    assert not torch.equal(b1, start) and not torch.equal(b2, b1) and not torch.equal(b3, b2)
+    assert torch.equal(b4, b3)
+    # drop_last: 192 training images at batch 50 are 3 steps of 50 per epoch (42 wait for the next shuffle).
+    assert run.metrics["train"]["n"] == 192
+    assert rec.batches == [50, 100, 150] * 4
+
+
 def test_bad_speed_options_are_refused(tmp_path):
     from cnnlab.errors import UserError
 
     for key, value, match in [("train.tta", "rotate", "train.tta"), ("data.augment.hflip", "sometimes", "hflip"),
                               ("train.ema.mode", "swa", "train.ema.mode"), ("train.bn_bias_lr_scale", 0, "bn_bias_lr_scale"),
-                              ("train.threads", 0, "threads")]:
+                              ("train.threads", 0, "threads"), ("data.augment.padding_mode", "wrap", "padding_mode"),
+                              ("data.augment.crop_padding", 8, "too large for padding_mode"),
+                              ("train.scheduler.interval", "batch", "interval")]:
         with pytest.raises(UserError, match=match):
             cnnlab.run(FAST, overrides={key: value}, runs_dir=tmp_path, quiet=True)
 

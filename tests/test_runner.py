@@ -209,6 +209,24 @@ def test_overflowing_best_checkpoint_fails_cleanly(tmp_path):
     assert rd.read_status(d)["status"] == "failed"
 
 
+def test_non_finite_outputs_with_a_finite_loss_are_recorded_as_such(tmp_path):
+    from cnnlab.callbacks import Callback
+
+    class Overflow(Callback):  # the weights overflow after training, with every loss finite
+        def on_fit_end(self, trainer):
+            for p in trainer.model.parameters():
+                p.data.fill_(float("inf"))
+
+    cfg = dict(SMALL, train=dict(SMALL["train"], epochs=1, early_stopping={"restore_best": False}))
+    with pytest.raises(RunFailure, match="not finite"):
+        cnnlab.run(cfg, runs_dir=tmp_path, quiet=True, extra_callbacks=[Overflow()])
+    d = next((tmp_path / "small").iterdir())
+    st = rd.read_status(d)
+    assert st["status"] == "failed" and st["error"] == "non_finite_outputs" and "not finite" in st["message"]
+    found = {f["id"]: f for f in json.loads((d / "diagnostics.json").read_text())["findings"]}
+    assert "outputs are NaN/inf" in found["divergence"]["evidence"]
+
+
 def test_run_writes_its_report_at_the_end_unless_switched_off(tmp_path, monkeypatch):
     """The end-of-run hook: report.html (and figures/) after `cnnlab run`; `report = false` skips it."""
     monkeypatch.delenv("CNNLAB_REPORT")

@@ -2,8 +2,9 @@
 
 Whole batches are cropped and flipped at once with tensor indexing: no PIL and no per-image
 Python in the training step. ``random_crop`` gives exactly the image that torchvision's
-``RandomCrop(size, padding=p)`` (zero fill) gives for the same offsets; ``hflip`` exactly the
-image of ``RandomHorizontalFlip`` for the same coin flips (tests check both).
+``RandomCrop(size, padding=p, padding_mode=m)`` gives for the same offsets, in every padding
+mode; ``hflip`` exactly the image of ``RandomHorizontalFlip`` for the same coin flips (tests
+check both).
 """
 
 from __future__ import annotations
@@ -12,24 +13,47 @@ import torch
 import torch.nn.functional as F
 
 
-def crop_with_offsets(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
-    """Zero-pad ``x`` (B, C, H, W) by ``pad`` pixels and cut the (H, W) window whose top-left corner
-    is (dy[b], dx[b]) in the padded image, 0 <= dy, dx <= 2*pad. Returns (B, C, H, W), same dtype."""
+def _source_index(i: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """Positions ``i`` (any shape, int64, in [-pad, size + pad)) of a padded row or column mapped to
+    the source pixel that torchvision's ``pad(padding_mode=mode)`` puts there (edge, reflect, symmetric)."""
+    if mode == "edge":
+        return i.clamp(0, size - 1)
+    if mode == "reflect":  # ... 2 1 | 0 1 2 ... n-1 | n-2 n-3 ...  (the border pixel is not repeated)
+        return torch.where(i < 0, -i, torch.where(i >= size, 2 * (size - 1) - i, i))
+    # symmetric: ... 1 0 | 0 1 2 ... n-1 | n-1 n-2 ...  (the border pixel is repeated)
+    return torch.where(i < 0, -i - 1, torch.where(i >= size, 2 * size - 1 - i, i))
+
+
+PADDING_MODES = ("constant", "edge", "reflect", "symmetric")
+
+
+def crop_with_offsets(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor,
+                      mode: str = "constant") -> torch.Tensor:
+    """Pad ``x`` (B, C, H, W) by ``pad`` pixels (``mode``: constant = zeros, or edge / reflect /
+    symmetric as torchvision's ``pad``) and cut the (H, W) window whose top-left corner is
+    (dy[b], dx[b]) in the padded image, 0 <= dy, dx <= 2*pad. Returns (B, C, H, W), same dtype."""
     b, c, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))  # (B, C, H+2p, W+2p), zero fill like RandomCrop
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (B, 1, H, 1), padded coords
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (B, 1, 1, W)
     bi = torch.arange(b, device=x.device)[:, None, None, None]
     ci = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[bi, ci, rows, cols]
+    if mode == "constant":
+        padded = F.pad(x, (pad, pad, pad, pad))  # (B, C, H+2p, W+2p), zero fill like RandomCrop
+        return padded[bi, ci, rows, cols]
+    if mode not in PADDING_MODES:
+        raise ValueError(f"padding mode {mode!r}: use one of {', '.join(PADDING_MODES)}")
+    # The other modes read every output pixel straight from the source image (no padded copy):
+    # padded coordinate r maps to source row _source_index(r - pad).
+    return x[bi, ci, _source_index(rows - pad, h, mode), _source_index(cols - pad, w, mode)]
 
 
-def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator | None = None) -> torch.Tensor:
-    """Random crop after zero padding, one offset pair per image, drawn from ``gen``."""
+def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator | None = None, mode: str = "constant") -> torch.Tensor:
+    """Random crop after padding (``mode`` as :func:`crop_with_offsets`), one offset pair per image,
+    drawn from ``gen``."""
     if pad <= 0:
         return x
     off = torch.randint(0, 2 * pad + 1, (2, x.shape[0]), device=x.device, generator=gen)
-    return crop_with_offsets(x, pad, off[0], off[1])
+    return crop_with_offsets(x, pad, off[0], off[1], mode)
 
 
 def flip_with_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -66,12 +90,12 @@ class Normalizer:
 
 
 def augment_batch(x: torch.Tensor, crop_padding: int, hflip: bool | str, gen: torch.Generator | None,
-                  flip_mask: torch.Tensor | None = None) -> torch.Tensor:
+                  flip_mask: torch.Tensor | None = None, padding_mode: str = "constant") -> torch.Tensor:
     """The configured augmentation for one uint8 training batch on its device. ``hflip``: True =
     random flips from ``gen``; "alternate" = the given ``flip_mask`` (B,) bool (see
-    :func:`alternating_flip_mask`); False = none."""
+    :func:`alternating_flip_mask`); False = none. ``padding_mode``: the crop's border fill."""
     if crop_padding:
-        x = random_crop(x, crop_padding, gen)
+        x = random_crop(x, crop_padding, gen, padding_mode)
     if hflip == "alternate":
         if flip_mask is None:
             raise ValueError("hflip = 'alternate' needs the batch's flip_mask")

@@ -294,13 +294,15 @@ def check_divergence(ctx: RunContext) -> list[Finding]:
     # shows as val_acc None too.
     bad = [int(h["epoch"]) for h in ctx.history
            if not _finite(h.get("train_loss")) or (not _finite(h.get("val_loss")) and h.get("val_acc") is not None)]
-    failed = ctx.status.get("status") == "failed" and ctx.status.get("error") == "nan"
+    failed = ctx.status.get("status") == "failed" and ctx.status.get("error") in ("nan", "non_finite_outputs")
     if bad or failed:
         epoch = bad[0] if bad else ctx.status.get("epoch")
         s = ctx.series("train_loss")
         before = f"; the last finite train loss was {s[-1][1]:.4f} at epoch {s[-1][0]}" if s else ""
         return [Finding("divergence", "error", "the loss became NaN or infinite",
-                        f"the loss is NaN/inf at epoch {epoch}" + (" (run.json: status failed, error nan)" if failed else "")
+                        (f"the loss is NaN/inf at epoch {epoch}" if bad or ctx.status.get("error") == "nan" else
+                         f"the model's outputs are NaN/inf after epoch {epoch}, though the training loss stayed finite")
+                        + (f" (run.json: status failed, error {ctx.status.get('error')})" if failed else "")
                         + before, why, remedies, {"epoch": epoch, "nan_epochs": bad, "failed": failed})]
     s = ctx.series("train_loss")
     chance = ctx.chance_loss

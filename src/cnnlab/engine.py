@@ -241,6 +241,13 @@ class Trainer:
         # hflip = "alternate": each training image's flip in epoch 0, (N,) bool, drawn once from the
         # engine generator (so a resumed run, which rebuilds the trainer from the seed, gets the same).
         aug = cfg.data.augment
+        side = min(train.x.shape[-2:]) if train.x.dim() == 4 else 0
+        if aug.crop_padding and aug.padding_mode in ("reflect", "symmetric") and \
+                aug.crop_padding > side - (aug.padding_mode == "reflect"):
+            raise UserError(f"data.augment.crop_padding = {aug.crop_padding} is too large for padding_mode = "
+                            f"{aug.padding_mode!r} on {side}-pixel images: a mirrored border can be at most "
+                            f"{side - (aug.padding_mode == 'reflect')} pixels; use a smaller crop_padding or "
+                            f"padding_mode = \"constant\" or \"edge\".")
         self.flip_base = (torch.rand(len(train), device=device, generator=self.gen) < 0.5
                           if aug.hflip == "alternate" else None)
         self.epoch = 0  # completed epochs
@@ -248,11 +255,9 @@ class Trainer:
         self.should_stop = False
         self.stop_reason: str | None = None
         n, bs = len(train), self.t.batch_size
-        # A last batch of one image cannot train BatchNorm, and with P processes each needs at least
-        # one image of it: drop a last batch smaller than max(2, P) (it is seen in other epochs).
-        short_last = 0 < n % bs < max(2, self.world.size) and n > bs
-        self.steps_per_epoch = max(1, n // bs if short_last else math.ceil(n / bs))
+        self.steps_per_epoch = epoch_steps(n, bs, self.world.size, self.t.drop_last)
         self.n_seen = min(n, self.steps_per_epoch * bs)
+        self._per_step_schedule = cfg.train.scheduler.interval == "step"
         if cfg.data.sampler == "balanced":
             counts = torch.bincount(train.y, minlength=int(train.y.max()) + 1).float()
             self.sample_weight = (1.0 / counts.clamp(min=1))[train.y]  # (N,): each class equally likely
@@ -267,6 +272,10 @@ class Trainer:
         # Every process starts from rank 0's EMA average (a callback may have copied its own model).
         self.world.sync_state(self.eval_module)
         while self.epoch < self.t.epochs and not self.should_stop:
+            # A model's own schedule (airbench freezes its whitening bias after a few epochs): a pure
+            # function of the epoch, so a resumed run sets the same state.
+            if hasattr(self.model, "on_epoch_start"):
+                self.model.on_epoch_start(self.epoch)
             for cb in self.callbacks:
                 cb.on_epoch_start(self)
             t0, compile_before = time.perf_counter(), self.compile_seconds
@@ -287,7 +296,7 @@ class Trainer:
             if not all(v is None or math.isfinite(v) for v in (train_loss, val_loss)):
                 self.should_stop, self.stop_reason = True, "nan"
                 logs.update({k: None for k in ("train_loss", "val_loss") if logs[k] is not None and not math.isfinite(logs[k])})
-            else:
+            elif not self._per_step_schedule:
                 self.step_scheduler(logs)
             self.history.append(logs)
             for cb in self.callbacks:
@@ -317,7 +326,7 @@ class Trainer:
             flips = alternating_flip_mask(self.flip_base, idx, self.epoch) if self.flip_base is not None else None
             # The whole global batch is augmented in every process: the generator then draws the same
             # numbers everywhere (and as in one process), so permutations never diverge.
-            xb = augment_batch(x_all[idx], aug.crop_padding, aug.hflip, self.gen, flips)
+            xb = augment_batch(x_all[idx], aug.crop_padding, aug.hflip, self.gen, flips, aug.padding_mode)
             scale: torch.Tensor | float = 1.0
             if world.enabled:
                 lo, hi = world.bounds(len(idx))
@@ -337,6 +346,8 @@ class Trainer:
                 nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self._per_step_schedule:
+                self.scheduler.step()
             loss_sum += loss.detach().float() * len(idx)
             correct += (out.detach().argmax(dim=1) == y).sum()
             seen += len(idx)
@@ -499,6 +510,17 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
+
+
+def epoch_steps(n: int, batch_size: int, processes: int = 1, drop_last: bool = False) -> int:
+    """Optimizer steps in one epoch over ``n`` training images at global batch ``batch_size``.
+    ``drop_last`` skips an incomplete last batch. Otherwise only a last batch that cannot train is
+    skipped: one image cannot train BatchNorm, and with P processes each needs one image of it, so a
+    last batch smaller than max(2, P) goes (its images are seen in other epochs)."""
+    if drop_last and n >= batch_size:
+        return n // batch_size
+    short_last = 0 < n % batch_size < max(2, processes) and n > batch_size
+    return max(1, n // batch_size if short_last else math.ceil(n / batch_size))
 
 
 def _compile(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:

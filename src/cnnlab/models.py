@@ -423,6 +423,8 @@ class AirbenchParams(_Params):
     bn_eps: float = Field(1e-12, gt=0, description="BatchNorm epsilon")
     bn_weight: bool = Field(False, description="train the BatchNorm weights (airbench keeps them at 1; biases are trained)")
     scale: float = Field(1 / 9, gt=0, description="multiplier of the bias-free output layer's logits")
+    whiten_bias_epochs: int | None = Field(3, ge=0, description="epochs the whitening conv's bias trains before it is "
+                                           "frozen (airbench: 3); none = it trains for the whole run")
 
     @field_validator("widths", mode="before")
     @classmethod
@@ -498,6 +500,14 @@ class AirbenchNet(ImageClassifier):
     @property
     def whiten(self) -> nn.Conv2d:
         return self.features.whiten
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called by the engine before each epoch (``epoch`` = completed epochs): from epoch
+        ``whiten_bias_epochs`` on, the whitening bias stops training (airbench). Only ever freezes,
+        so a bias that transfer learning froze stays frozen."""
+        n = self.params.whiten_bias_epochs
+        if n is not None and epoch >= n:
+            self.whiten.bias.requires_grad_(False)
 
     @torch.no_grad()
     def init_from_data(self, x: torch.Tensor, normalize: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:

@@ -1,9 +1,11 @@
 """Optimizer and learning-rate scheduler registries.
 
-Schedulers are stepped once per epoch by the engine (``plateau`` with the monitored metric);
-``warmup_epochs`` wraps any scheduler in a linear warmup (SequentialLR). ``cyclic`` and
-``onecycle`` are per-step in PyTorch; here they are defined per epoch so that one rule holds for
-every scheduler (the engine steps after each epoch), with step sizes given in epochs.
+Every schedule is given in epochs (step sizes, milestones, periods, the warmup). With
+``interval = "epoch"`` (default) the engine steps the scheduler once per epoch (``plateau`` with
+the monitored metric); with ``interval = "step"`` after every optimizer step, and each factory
+receives ``unit`` = optimizer steps per epoch and builds the same schedule in steps, so the lr
+follows it smoothly within epochs (airbench's per-step triangle, OneCycle as published).
+``warmup_epochs`` wraps any scheduler in a linear warmup (SequentialLR).
 """
 
 from __future__ import annotations
@@ -168,74 +170,85 @@ class OneCycleParams(_P):
     pct_start: float = Field(0.3, gt=0, lt=1)
 
 
+# Each factory: (optimizer, params, train config, epochs of the schedule, unit = scheduler steps per
+# epoch: 1 for interval = "epoch", optimizer steps per epoch for interval = "step").
 @SCHEDULERS.register("none", summary="constant learning rate")
-def _none(opt, p, t: TrainConfig, epochs: int):
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
+def _none(opt, p, t: TrainConfig, epochs: int, unit: int):
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
 
 
 @SCHEDULERS.register("step", params=StepParams, summary="decay by gamma every step_size epochs")
-def _step(opt, p: StepParams, t, epochs):
-    return torch.optim.lr_scheduler.StepLR(opt, p.step_size, p.gamma)
+def _step(opt, p: StepParams, t, epochs, unit):
+    return torch.optim.lr_scheduler.StepLR(opt, p.step_size * unit, p.gamma)
 
 
 @SCHEDULERS.register("multistep", params=MultiStepParams, summary="decay by gamma at milestone epochs")
-def _multistep(opt, p: MultiStepParams, t, epochs):
-    return torch.optim.lr_scheduler.MultiStepLR(opt, p.milestones, p.gamma)
+def _multistep(opt, p: MultiStepParams, t, epochs, unit):
+    return torch.optim.lr_scheduler.MultiStepLR(opt, [m * unit for m in p.milestones], p.gamma)
 
 
 @SCHEDULERS.register("cosine", params=CosineParams, summary="cosine annealing to eta_min")
-def _cosine(opt, p: CosineParams, t, epochs):
-    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, p.t_max or max(1, epochs), p.eta_min)
+def _cosine(opt, p: CosineParams, t, epochs, unit):
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, (p.t_max or max(1, epochs)) * unit, p.eta_min)
 
 
 @SCHEDULERS.register("plateau", params=PlateauParams, summary="ReduceLROnPlateau on a monitored metric")
-def _plateau(opt, p: PlateauParams, t, epochs):
+def _plateau(opt, p: PlateauParams, t, epochs, unit):
+    if unit != 1:
+        raise UserError("train.scheduler = 'plateau' reacts to a metric measured once per epoch, so it cannot step "
+                        "per optimizer step; set train.scheduler.interval = \"epoch\" (the default).")
     return torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode=p.mode, factor=p.factor, patience=p.patience, threshold=p.threshold, min_lr=p.min_lr)
 
 
-@SCHEDULERS.register("cyclic", params=CyclicParams, summary="cyclic lr between base_lr and max_lr (per epoch)")
-def _cyclic(opt, p: CyclicParams, t, epochs):
+@SCHEDULERS.register("cyclic", params=CyclicParams, summary="cyclic lr between base_lr and max_lr (step_size_up in epochs)")
+def _cyclic(opt, p: CyclicParams, t, epochs, unit):
     scales = _group_scales(opt, t)
     return torch.optim.lr_scheduler.CyclicLR(
         opt, base_lr=[s * (p.base_lr or t.lr / 10) for s in scales], max_lr=[s * (p.max_lr or t.lr) for s in scales],
-        step_size_up=p.step_size_up, mode=p.mode, cycle_momentum=False)
+        step_size_up=p.step_size_up * unit, mode=p.mode, cycle_momentum=False)
 
 
-@SCHEDULERS.register("onecycle", params=OneCycleParams, summary="one-cycle policy over the run (per epoch)")
-def _onecycle(opt, p: OneCycleParams, t, epochs):
+@SCHEDULERS.register("onecycle", params=OneCycleParams, summary="one-cycle policy over the run")
+def _onecycle(opt, p: OneCycleParams, t, epochs, unit):
+    # One step more than the run takes: OneCycleLR refuses to be stepped past total_steps.
     return torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=[s * (p.max_lr or t.lr) for s in _group_scales(opt, t)], total_steps=max(2, epochs + 1),
+        opt, max_lr=[s * (p.max_lr or t.lr) for s in _group_scales(opt, t)], total_steps=max(2, epochs * unit + 1),
         pct_start=p.pct_start, cycle_momentum=False)
 
 
 @SCHEDULERS.register("linear", params=LinearParams,
                      summary="linear rise from start_factor to 1 over the first peak of the epochs, then linear decay to end_factor (airbench)")
-def _linear(opt, p: LinearParams, t, epochs):
-    # Factor of train.lr for the epoch that starts after e completed epochs, e = 0 .. epochs.
-    rise = p.peak * epochs
+def _linear(opt, p: LinearParams, t, epochs, unit):
+    # Factor of train.lr after i scheduler steps, i = 0 .. epochs * unit (airbench's triangle when
+    # unit = optimizer steps per epoch).
+    total = epochs * unit
+    rise = p.peak * total
 
-    def factor(e: int) -> float:
-        if e < rise:
-            return p.start_factor + (1.0 - p.start_factor) * e / rise
-        return 1.0 + (p.end_factor - 1.0) * (e - rise) / max(epochs - rise, 1e-9)
+    def factor(i: int) -> float:
+        if i < rise:
+            return p.start_factor + (1.0 - p.start_factor) * i / rise
+        return 1.0 + (p.end_factor - 1.0) * (i - rise) / max(total - rise, 1e-9)
 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def build_scheduler(opt: torch.optim.Optimizer, train: TrainConfig):
-    """The configured scheduler, wrapped in a linear warmup when ``warmup_epochs`` > 0.
-    Returns (scheduler, monitor) where monitor names the metric a plateau scheduler steps on."""
+def build_scheduler(opt: torch.optim.Optimizer, train: TrainConfig, steps_per_epoch: int = 1):
+    """The configured scheduler, wrapped in a linear warmup when ``warmup_epochs`` > 0; with
+    ``interval = "step"`` built in optimizer steps (``steps_per_epoch`` of them per epoch), and the
+    engine steps it after every optimizer step. Returns (scheduler, monitor) where monitor names the
+    metric a plateau scheduler steps on."""
     s = train.scheduler
     params = entry_params(s, SCHEDULERS)
+    unit = max(1, steps_per_epoch) if s.interval == "step" else 1
     warm = s.warmup_epochs
-    main = SCHEDULERS.get(s.name)(opt, params, train, train.epochs - warm)
     monitor = getattr(params, "monitor", None)
     if warm and monitor is not None:
         raise UserError("train.scheduler.warmup_epochs does not combine with the plateau scheduler "
                         "(it reacts to a metric, not to the epoch count); use warmup with step, multistep, "
                         "cosine, cyclic or onecycle, or set warmup_epochs = 0.")
+    main = SCHEDULERS.get(s.name)(opt, params, train, train.epochs - warm, unit)
     if warm:
-        warmup = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0 / (warm + 1), total_iters=warm)
-        main = torch.optim.lr_scheduler.SequentialLR(opt, [warmup, main], milestones=[warm])
+        warmup = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0 / (warm + 1), total_iters=warm * unit)
+        main = torch.optim.lr_scheduler.SequentialLR(opt, [warmup, main], milestones=[warm * unit])
     return main, monitor

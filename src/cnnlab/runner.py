@@ -29,7 +29,8 @@ from .callbacks import CALLBACKS, Callback, eval_weights
 from .config import ExperimentConfig, dumps_toml, load_config, resolved_dict, validate_config, apply_overrides
 from .distributed import World
 from .data import DataSplits, load_data, read_image_files
-from .engine import DeviceSplit, Trainer, amp_dtype, has_conv, predict as predict_probs, resolve_device, seed_everything
+from .engine import (DeviceSplit, Trainer, amp_dtype, epoch_steps, has_conv, predict as predict_probs, resolve_device,
+                     seed_everything)
 from .loggers import build_loggers, check_loggers, close_loggers, log_final
 from .errors import RunFailure, UserError
 from .losses import build_loss
@@ -112,7 +113,8 @@ def _build(cfg: ExperimentConfig, data: DataSplits, device: torch.device, run_di
     counts = data.class_counts("train")
     loss_fn = build_loss(cfg.train, counts).to(device)
     optimizer = build_optimizer(model, cfg.train, cfg.transfer)
-    scheduler, sched_monitor = build_scheduler(optimizer, cfg.train)
+    scheduler, sched_monitor = build_scheduler(
+        optimizer, cfg.train, epoch_steps(len(data.train), cfg.train.batch_size, world.size, cfg.train.drop_last))
     es = cfg.train.early_stopping
     monitor = _monitor(cfg, data.val is not None)
     dg = cfg.diagnostics
@@ -320,7 +322,10 @@ def _train_and_finish(cfg: ExperimentConfig, data: DataSplits, trainer: Trainer,
     epoch = trainer.history[-1]["epoch"] if trainer.history else 0
     if main:
         if nan or failure:
-            rd.write_status(run_dir, "failed", error="nan", epoch=epoch)
+            # error: "nan" = the training loss became NaN/inf; "non_finite_outputs" = the loss stayed
+            # finite but the final evaluation's outputs did not (message says on which split).
+            rd.write_status(run_dir, "failed", error="nan" if nan else "non_finite_outputs", epoch=epoch,
+                            **({"message": failure} if failure else {}))
         if trainer.epoch > 0:
             from .diagnose import diagnose_after_run
 
