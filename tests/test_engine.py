@@ -181,6 +181,25 @@ def test_compile_keeps_checkpoint_keys_and_results(monkeypatch):
         torch.testing.assert_close(state[k].float(), v.float(), rtol=1e-5, atol=1e-6, msg=k)
 
 
+def test_a_changed_trainable_set_times_its_recompiling_step_as_compilation(monkeypatch):
+    """torch.compile guards on requires_grad: the first step after a parameter is frozen (airbench's
+    whitening bias) recompiles; that step is reported as compile_seconds, not training time."""
+    x, y = data()
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, **k: real(m, backend="eager"))
+    model = small_model()
+    first = next(model.parameters())
+
+    def on_epoch_start(epoch):  # freeze the first parameter before the third epoch
+        if epoch >= 2:
+            first.requires_grad_(False)
+
+    model.on_epoch_start = on_epoch_start
+    trainer = make_trainer(_cfg(compile=True, epochs=4), model, x, y)
+    trainer.fit()
+    assert ["compile_seconds" in h for h in trainer.history] == [True, False, True, False]
+
+
 def _symmetric(n=12):
     x, y = data(n)
     half = x[..., :4]

@@ -226,6 +226,7 @@ class Trainer:
         # The module training forwards run through: DDP around the model with several processes.
         self.train_module = wrap_model(model, self.world, device)
         self._trainable = trainable_signature(model)
+        self._compiled_for = self._trainable  # the trainable set the compiled training step last saw
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(cfg.seed)
         # Evaluation uses this module when a callback sets it (the EMA weights), else self.model.
@@ -237,7 +238,7 @@ class Trainer:
         self._compiled_train = (self._compiled_eval if not self.world.enabled else _compile(self.train_module)) \
             if self.t.compile else None
         self._unchecked = {"train", "eval"}
-        self.compile_seconds = 0.0  # wall time of the first compiled training step (mostly compilation)
+        self.compile_seconds = 0.0  # wall time of compiled training steps that (re)compiled: the first, and the first after the trainable set changed
         # hflip = "alternate": each training image's flip in epoch 0, (N,) bool, drawn once from the
         # engine generator (so a resumed run, which rebuilds the trainer from the seed, gets the same).
         aug = cfg.data.augment
@@ -317,6 +318,13 @@ class Trainer:
         world = self.world
         if world.enabled:
             self._prepare_distributed_epoch()
+        sig = trainable_signature(self.model)
+        if sig != self._compiled_for and self._compiled_train is not None:
+            # torch.compile guards on requires_grad: a changed trainable set (airbench's whitening bias
+            # freezing, an unfreeze schedule) recompiles on the next step, which is then timed as
+            # compilation like the first one (and falls back to eager if it fails).
+            self._unchecked.add("train")
+        self._compiled_for = sig
         order = self.epoch_order()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
