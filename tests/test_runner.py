@@ -237,3 +237,16 @@ def test_run_writes_its_report_at_the_end_unless_switched_off(tmp_path, monkeypa
     assert f"{on.metrics['test']['accuracy']:.4f}" in html and (on.dir / "figures" / "curves.png").is_file()
     off = cnnlab.run({**base, "report": False}, runs_dir=tmp_path, quiet=True)
     assert not (off.dir / "report.html").exists()
+
+
+def test_git_commit_says_when_the_code_differs_from_the_commit(tmp_path):
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "a.py").write_text("x = 1\n")
+    subprocess.run(git + ["add", "a.py"], check=True)
+    subprocess.run(git + ["commit", "-qm", "a"], check=True)
+    head = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    (tmp_path / "notes.txt").write_text("untracked files do not count\n")
+    assert rd.git_commit(tmp_path) == head
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert rd.git_commit(tmp_path) == head + "+dirty"

@@ -123,11 +123,19 @@ def require_run_dir(path: str | Path) -> Path:
     return p
 
 
-def git_commit() -> str | None:
+def git_commit(where: Path | None = None) -> str | None:
+    """The commit of the cnnlab source that runs (or of the checkout holding ``where``; None outside
+    a git checkout), with ``+dirty`` appended when tracked files under that folder differ from it:
+    the code that ran is then not exactly that commit's."""
+    here = where or Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None if out.returncode == 0 else None
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=here)
+        commit = out.stdout.strip() if out.returncode == 0 else ""
+        if not commit:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
+                               capture_output=True, text=True, timeout=5, cwd=here)
+        return commit + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
     except Exception:
         return None
 
