@@ -11,7 +11,7 @@ import torch.nn as nn
 from cnnlab.augment import Normalizer
 from cnnlab.callbacks import Callback
 from cnnlab.config import ExperimentConfig
-from cnnlab.engine import DeviceSplit, Trainer, predict, resolve_device
+from cnnlab.engine import DeviceSplit, Trainer, epoch_steps, predict, resolve_device
 from cnnlab.errors import UserError
 from cnnlab.optim import build_optimizer, build_scheduler
 
@@ -24,7 +24,7 @@ def small_model():
 
 def make_trainer(cfg, model, x, y, callbacks=()):
     opt = build_optimizer(model, cfg.train)
-    sched, mon = build_scheduler(opt, cfg.train)
+    sched, mon = build_scheduler(opt, cfg.train, epoch_steps(len(y), cfg.train.batch_size, 1, cfg.train.drop_last))
     return Trainer(cfg, model, nn.CrossEntropyLoss(), opt, sched, mon, DeviceSplit(x, y), None,
                    Normalizer((0.5,), (0.25,), torch.device("cpu")), list(callbacks), torch.device("cpu"), {})
 
@@ -348,3 +348,25 @@ def test_epoch_steps_keep_or_drop_the_last_batch():
     assert epoch_steps(66, 32, processes=4) == 2  # 2 images cannot give each of 4 processes one
     assert epoch_steps(67, 32, processes=2) == 3
     assert epoch_steps(10, 32, drop_last=True) == 1  # fewer images than one batch: one short batch
+
+
+def test_per_step_schedule_changes_the_lr_after_every_optimizer_step():
+    """interval = "step": the engine steps the scheduler after each optimizer step, so the lr of step
+    i is the schedule's value at i (here 4 steps per epoch: 50 images, batch 16, last of 2 kept)."""
+    x, y = data()
+
+    class Lrs(Callback):
+        def __init__(self):
+            self.lrs = []
+
+        def on_train_batch_end(self, trainer, step, steps):
+            self.lrs.append(trainer.current_lr())
+
+    rec = Lrs()
+    sched = {"name": "linear", "start_factor": 0.5, "peak": 0.5, "end_factor": 0.0, "interval": "step"}
+    trainer = make_trainer(_cfg(epochs=2, lr=1.0, scheduler=sched), small_model(), x, y, [rec])
+    trainer.fit()
+    # The lr read after step i is the one for step i + 1: 0.5 + 0.5 * (i + 1) / 4 while rising over
+    # the first 4 steps, then falling linearly to 0 at step 8.
+    assert rec.lrs == pytest.approx([0.625, 0.75, 0.875, 1.0, 0.75, 0.5, 0.25, 0.0])
+    assert trainer.history[-1]["lr"] == pytest.approx(0.0)
