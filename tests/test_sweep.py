@@ -94,7 +94,8 @@ def test_grid_with_two_workers(tmp_path, capsys):
     keys = ["train.lr", "train.batch_size", "model.hidden_layers"]
     assert len(set(complete_configs(rows, keys))) == 8
     assert "rank" in out and "test.accuracy" in out and "best.toml" in out
-    assert (d / "figures" / "history.png").is_file() and (d / "figures" / "metric_vs_params.png").is_file()
+    assert (d / "figures" / "sweep_objective.png").is_file() and (d / "figures" / "sweep_params.png").is_file()
+    assert not (d / "figures" / "history.png").exists()  # one set of figures: the report shows these files
     import cnnlab
 
     run = cnnlab.run(d / "best.toml", runs_dir=tmp_path / "runs", quiet=True)  # runnable as is

@@ -20,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display is needed or wanted (CI, servers, worker threads)
 
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
 from .rundir import atomic_write_bytes  # noqa: E402
 
@@ -339,10 +339,13 @@ def sweep_history_figure(values: list[float], direction: str, metric: str, title
     return fig
 
 
-def sweep_params_figure(params: dict[str, list[Any]], values: list[float], metric: str) -> Figure:
+def sweep_params_figure(params: dict[str, list[Any]], values: list[float], metric: str,
+                        log: set[str] | frozenset[str] = frozenset(),
+                        order: dict[str, list[str]] | None = None) -> Figure:
     """The objective against each searched parameter, one panel per parameter: numbers on a
-    numeric axis (log scale when they span two decades or more), anything else as evenly spaced
-    labels in order of first appearance."""
+    numeric axis (log scale for the keys in ``log``, or when they span two decades or more),
+    anything else as evenly spaced labels: ``order[key]`` (the sweep file's listed values, as
+    strings) when given, else in order of first appearance."""
     import numpy as np
 
     keys = list(params) or ["(no parameter)"]
@@ -352,14 +355,16 @@ def sweep_params_figure(params: dict[str, list[Any]], values: list[float], metri
         for ax, key in zip(axes, keys):
             xs = params.get(key, [])
             pts = [(x, v) for x, v in zip(xs, values) if x is not None and x != ""]
-            numeric = pts and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x, _ in pts)
+            listed = (order or {}).get(key)
+            numeric = pts and not listed and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x, _ in pts)
             if numeric:
                 xv = np.array([x for x, _ in pts], dtype=np.float64)
                 ax.scatter(xv, [v for _, v in pts], color=PALETTE[0], alpha=0.8)
-                if xv.min() > 0 and xv.max() / xv.min() >= 100:
+                if xv.min() > 0 and (key in log or xv.max() / xv.min() >= 100):
                     ax.set_xscale("log")
+                    ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap within a decade
             elif pts:
-                labels = list(dict.fromkeys(str(x) for x, _ in pts))
+                labels = list(dict.fromkeys([*(listed or []), *(str(x) for x, _ in pts)]))
                 pos = {lab: i for i, lab in enumerate(labels)}
                 ax.scatter([pos[str(x)] for x, _ in pts], [v for _, v in pts], color=PALETTE[0], alpha=0.8)
                 ax.set_xticks(range(len(labels)), [plain(lab, 16) for lab in labels], rotation=30)

@@ -896,14 +896,21 @@ def write_sweep_report(sweep_dir: str | Path, quiet: bool = True) -> Path:
                                                    *best]))]
     figs: list[Any] = []
     if done:
+        # The sweep draws these two itself when it finishes (with its ranges' log scales and listed
+        # values' order); the page shows those files, and draws them only where they are missing.
         in_order = sorted(done, key=lambda r: (str(r.get("stage") or ""), r["trial"]))
         values = [float(r[metric]) for r in in_order]
-        figs.append(page.figure("sweep_objective", sweep_history_figure(values, direction, metric, f"{name}: {metric} per trial"),
-                                f"{metric} of each completed trial in trial order, and the best so far."))
-        if keys:
-            figs.append(page.figure("sweep_params", sweep_params_figure({k: [r.get(k) for r in in_order] for k in keys},
-                                                                        values, metric),
-                                    f"{metric} against each searched parameter."))
+        drawn = {
+            "sweep_objective": (lambda: sweep_history_figure(values, direction, metric, f"{name}: {metric} per trial"),
+                                f"{metric} of each completed trial in trial order, and the best so far."),
+            "sweep_params": (lambda: sweep_params_figure({k: [r.get(k) for r in in_order] for k in keys}, values, metric),
+                             f"{metric} against each searched parameter."),
+        }
+        for key, (draw, caption) in drawn.items():
+            if key == "sweep_params" and not keys:
+                continue
+            png = sweep_dir / FIGURES / f"{key}.png"
+            figs.append(page.png(png.read_bytes(), caption, key) if png.is_file() else page.figure(key, draw(), caption))
     for p in sorted((sweep_dir / FIGURES).glob("importance*.png")):  # drawn by the sweep itself (fANOVA)
         figs.append(page.png(p.read_bytes(), f"parameter importance (Optuna fANOVA): {p.name}", p.name))
     failed = [r for r in rows if r.get("state") == "fail" and r.get("error")]

@@ -1028,63 +1028,34 @@ def _print_ranking(ctx: SweepContext, ranked: list[dict], keys: list[str], rows:
 
 
 def _figures(ctx: SweepContext, rows: list[dict], ranked: list[dict], studies: dict, keys: list[str]) -> None:
-    from matplotlib.ticker import MaxNLocator, NullFormatter
-
+    """The sweep's figures in figures/: the objective per trial with the best so far
+    (sweep_objective.png), the objective against each parameter (sweep_params.png; the sweep
+    report shows these two files) and, per study, Optuna's parameter importance."""
     from . import plots  # the report's colorblind-safe style; Figure objects, no pyplot state
 
     metric = ctx.cfg.metric
     figdir = ctx.dir / "figures"
     figdir.mkdir(exist_ok=True)
-    done = [r for r in rows if r["state"] == "complete" and r[metric] is not None]
+    done = sorted((r for r in rows if r["state"] == "complete" and r[metric] is not None),
+                  key=lambda r: (str(r.get("stage") or ""), r["trial"]))  # the report's trial order
     if not done:
         return
 
     def save(fig, name: str) -> None:
         plots.save_png(fig, figdir / name)
+        fig.clear()
 
-    # Metric against each parameter (categorical values as evenly spaced labels).
+    values = [float(r[metric]) for r in done]
+    save(plots.sweep_history_figure(values, ctx.cfg.direction, metric, f"{ctx.cfg.name}: {metric} per trial"),
+         "sweep_objective.png")
+    # Ranges on a numeric axis (log where the range is log-uniform); listed values as labels in the
+    # sweep file's order.
     ranges = {p.key: p for s in ctx.stages for p in s.params}
-    n = len(keys)
-    with plots.style():
-        fig = plots.figure(3.6 * n, 3.2)
-        axes = fig.subplots(1, n, squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        xs = [r[key] for r in done]
-        ys = [r[metric] for r in done]
-        spec = ranges[key].spec
-        if spec is not None:  # a range: a numeric axis
-            ax.scatter(xs, ys, alpha=0.8)
-            if spec.log:
-                ax.set_xscale("log")
-                ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap within a decade
-        else:  # listed values: one evenly spaced label each, in the file's order
-            labels = list(dict.fromkeys(_fmt_value(ranges[key].decode(c)) for c in ranges[key].choices))
-            pos = {lab: i for i, lab in enumerate(labels)}
-            ax.scatter([pos[_fmt_value(x)] for x in xs], ys, alpha=0.8)
-            ax.set_xticks(range(len(labels)), labels, rotation=30)
-        ax.set_xlabel(key)
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"{ctx.cfg.name}: {metric} against each parameter")
-    save(fig, "metric_vs_params.png")
-
-    # Optimization history: each trial's value in the order trials ran, and the best so far.
-    with plots.style():
-        ax = (fig := plots.figure(6, 3.6)).subplots()
-    ys = [r[metric] for r in done]
-    best, cur = [], None
-    for y in ys:
-        cur = y if cur is None else (max(cur, y) if ctx.cfg.direction == "maximize" else min(cur, y))
-        best.append(cur)
-    ax.plot(range(1, len(ys) + 1), ys, "o", label="trial")
-    ax.plot(range(1, len(ys) + 1), best, "-", label="best so far")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are counted
-    ax.set_xlabel("complete trial")
-    ax.set_ylabel(metric)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    ax.set_title(f"{ctx.cfg.name}: optimization history")
-    save(fig, "history.png")
+    log = {k for k in keys if ranges[k].spec is not None and ranges[k].spec.log}
+    order = {k: list(dict.fromkeys(_fmt_value(ranges[k].decode(c)) for c in ranges[k].choices))
+             for k in keys if ranges[k].spec is None}
+    params = {k: [_fmt_value(r[k]) if k in order else r[k] for r in done] for k in keys}
+    save(plots.sweep_params_figure(params, values, metric, log, order), "sweep_params.png")
 
     # Parameter importance (Optuna's fANOVA) for every study that searches two or more keys.
     import optuna
