@@ -161,8 +161,9 @@ def part_cnnlab_eval(batch: int) -> dict:
     from cnnlab.augment import Normalizer
     from cnnlab.config import DataConfig
     from cnnlab.data import load_data
-    from cnnlab.engine import DeviceSplit, predict
+    from cnnlab.engine import DeviceSplit, predict, resolve_device
 
+    resolve_device("cpu")  # what `cnnlab evaluate` does first (it also tunes the host allocator)
     data = load_data(DataConfig(dataset="cifar10", path=str(CIFAR), val_fraction=0.0, normalize="half"), 0)
     model = _model("seed000_net1", (3, 32, 32)).to(memory_format=torch.channels_last)
     split = DeviceSplit(data.test.x, data.test.y)

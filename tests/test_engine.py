@@ -1,6 +1,10 @@
 """The speed path must not change what is learned: one engine epoch equals a plain loop."""
 
 import copy
+import os
+import platform
+import subprocess
+import sys
 import math
 
 import numpy as np
@@ -370,3 +374,32 @@ def test_per_step_schedule_changes_the_lr_after_every_optimizer_step():
     # the first 4 steps, then falling linearly to 0 at step 8.
     assert rec.lrs == pytest.approx([0.625, 0.75, 0.875, 1.0, 0.75, 0.5, 0.25, 0.0])
     assert trainer.history[-1]["lr"] == pytest.approx(0.0)
+
+
+_FAULTS = """
+import resource, sys, torch
+from cnnlab.engine import resolve_device
+tuned = resolve_device("cpu") and __import__("cnnlab.engine").engine._host_tuned
+n = 64 * 2**20 // 4  # a 64 MiB float32 block, above glibc's largest automatic mmap threshold
+torch.empty(n).fill_(1.0)  # allocated, touched, freed
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+torch.empty(n).fill_(2.0)  # the same size again
+print(tuned, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator tuning is for glibc's malloc")
+def test_cpu_device_keeps_freed_blocks_instead_of_faulting_them_back_in():
+    """After resolve_device('cpu') a freed 64 MiB block is reused from the heap: allocating it again
+    costs (almost) no page faults. With CNNLAB_MALLOPT=0 glibc unmaps it and every 4 KiB page of the
+    new block faults in again (16,384 of them)."""
+    def faults(env):
+        out = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True,
+                             env={**os.environ, **env}, check=True)
+        tuned, n = out.stdout.split()
+        return tuned == "True", int(n)
+
+    tuned, n = faults({})
+    assert tuned and n < 100, n
+    tuned, n = faults({"CNNLAB_MALLOPT": "0"})
+    assert not tuned and n > 10_000, n
