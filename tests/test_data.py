@@ -557,6 +557,13 @@ def test_cache_follows_changes_and_can_be_off(tmp_path):
     assert len(data.load_imagefolder(cfg(path=str(root))).train_y) == 12
     write_image(root / "cat" / "new.png", seed=77)
     assert len(data.load_imagefolder(cfg(path=str(root))).train_y) == 13  # a file inside a class folder changed
+    # The changed source's new cache file replaced the old one; other options keep their own file.
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+    data.load_imagefolder(cfg(path=str(root), image_size=8))
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+    write_image(root / "cat" / "newer.png", seed=78)
+    assert len(data.load_imagefolder(cfg(path=str(root))).train_y) == 14
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2  # one per option set, the newest version each
     off = tmp_path / "off"
     make_folder(off, n=2)
     before = set((tmp_path / "cache").glob("*"))

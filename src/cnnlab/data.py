@@ -15,11 +15,13 @@ Sources:
   - ``cifar10`` / ``cifar100``: the official python pickles under ``<root>``;
   - ``imagefolder``: a directory or .tar/.tar.gz/.tgz/.zip of ``class/image`` folders, optionally
     under ``train/`` and ``test/``. Named data sets read such a source too when ``data.path`` is set.
-Decoded image folders are cached as uint8 arrays (``$CNNLAB_CACHE``, default ``~/.cache/cnnlab``).
+Decoded image folders are cached as uint8 arrays (``$CNNLAB_CACHE``, default ``~/.cache/cnnlab``),
+one file per source and options; a changed source's new file replaces its old one.
 """
 
 from __future__ import annotations
 
+import glob
 import gzip
 import hashlib
 import io
@@ -692,8 +694,8 @@ def load_imagefolder(cfg: DataConfig) -> RawData:
         )
     if not cfg.cache:
         return _read_imagefolder(path, cfg.image_size, cfg.on_bad_image)
-    fingerprint = ["imagefolder", str(path.resolve()), _source_stamp(path), cfg.image_size, cfg.on_bad_image]
-    return _cached(fingerprint, lambda: _read_imagefolder(path, cfg.image_size, cfg.on_bad_image))
+    return _cached("imagefolder", path.resolve(), _source_stamp(path), [cfg.image_size, cfg.on_bad_image],
+                   lambda: _read_imagefolder(path, cfg.image_size, cfg.on_bad_image))
 
 
 def _is_archive(path: Path) -> bool:
@@ -934,20 +936,31 @@ def _source_stamp(path: Path) -> Any:
     return h.hexdigest()
 
 
-def _cached(fingerprint: list[Any], build: Callable[[], RawData]) -> RawData:
-    """Load RawData from the cache file for ``fingerprint``, or build it and write the cache.
+def _cached(kind: str, source: Path, stamp: Any, options: list[Any], build: Callable[[], RawData]) -> RawData:
+    """Load RawData from the cache file of (kind, source, stamp, options), or build it and write it.
 
     One uncompressed .npz per key, written to a temp file and renamed into place, so readers never
-    see a partial file; an unreadable cache file is ignored and rebuilt."""
-    key = hashlib.sha256(json.dumps([CACHE_FORMAT_VERSION, *fingerprint], default=str).encode()).hexdigest()[:24]
-    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(str(fingerprint[1])).name)[:40]
-    target = cache_dir() / f"{fingerprint[0]}-{stem}-{key}.npz"
+    see a partial file; an unreadable cache file is ignored and rebuilt. The name is
+    ``<kind>-<source name>-<slot>-<version>.npz``: the slot hashes the source's path and the
+    options, the version also the source's stamp. A rebuild after the source changed removes the
+    older versions of its slot (each a whole decoded data set: 185 MB for CIFAR-10), while other
+    options of the same source keep their own files."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", source.name)[:40]
+
+    def digest(*parts: Any) -> str:
+        return hashlib.sha256(json.dumps([CACHE_FORMAT_VERSION, *parts], default=str).encode()).hexdigest()
+
+    slot = f"{kind}-{stem}-{digest(kind, str(source), options)[:12]}"
+    target = cache_dir() / f"{slot}-{digest(kind, str(source), stamp, options)[:12]}.npz"
     if target.is_file():
         raw = _read_cache(target)
         if raw is not None:
             return raw
     raw = build()
-    _write_cache(target, raw)
+    if _write_cache(target, raw):
+        for old in cache_dir().glob(f"{glob.escape(slot)}-*.npz"):
+            if old != target:
+                old.unlink(missing_ok=True)
     return raw
 
 
@@ -972,7 +985,8 @@ def _read_cache(path: Path) -> RawData | None:
         return None
 
 
-def _write_cache(path: Path, raw: RawData) -> None:
+def _write_cache(path: Path, raw: RawData) -> bool:
+    """Write the cache file atomically; False (with a warning) where the folder is not writable."""
     arrays: dict[str, Any] = {"train_x": raw.train_x, "train_y": raw.train_y}
     if raw.test_x is not None:
         arrays.update(test_x=raw.test_x, test_y=raw.test_y)
@@ -986,6 +1000,7 @@ def _write_cache(path: Path, raw: RawData) -> None:
             np.savez(f, **arrays)
         os.chmod(tmp, 0o644)  # temp files are private (0600); the cache is an ordinary file
         os.replace(tmp, path)
+        return True
     except OSError as e:  # a read-only or full disk only costs speed
         warnings.warn(f"could not write the data cache {path}: {e}; set CNNLAB_CACHE to a writable folder.", stacklevel=3)
         if tmp is not None:
@@ -993,3 +1008,4 @@ def _write_cache(path: Path, raw: RawData) -> None:
                 os.unlink(tmp)
             except OSError:
                 pass
+        return False
