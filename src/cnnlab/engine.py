@@ -278,7 +278,9 @@ class Trainer:
         self._compiled_train = (self._compiled_eval if not self.world.enabled else _compile(self.train_module)) \
             if self.t.compile else None
         self._unchecked = {"train", "eval"}
-        self.compile_seconds = 0.0  # wall time of compiled training steps that (re)compiled: the first, and the first after the trainable set changed
+        # Wall time of the compiled training steps that (re)compiled: the first one, and the first
+        # after each change of the trainable set.
+        self.compile_seconds = 0.0
         # hflip = "alternate": each training image's flip in epoch 0, (N,) bool, drawn once from the
         # engine generator (so a resumed run, which rebuilds the trainer from the seed, gets the same).
         aug = cfg.data.augment
