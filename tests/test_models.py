@@ -438,6 +438,21 @@ def test_airbench_whitening_init_decorrelates_patches():
     assert (cov - torch.diag(diag)).abs().max() < 1e-6
 
 
+def test_airbench_whitening_samples_every_part_of_a_class_ordered_split(monkeypatch):
+    """whiten_samples images spread over the whole split: in a split ordered by class (an image
+    folder), the first ones would all be one class (CIFAR-10's first 5,000: airplanes)."""
+    import cnnlab.models as models
+
+    seen = []
+    real = models.patch_second_moment
+    monkeypatch.setattr(models, "patch_second_moment", lambda x, k: seen.append(x.clone()) or real(x, k))
+    model = _build("airbench", (3, 8, 8), 2, widths=[4], whiten_samples=10)
+    x = torch.cat([torch.zeros(50, 3, 8, 8), torch.ones(50, 3, 8, 8)])  # class 0 dark, then class 1 bright
+    model.init_from_data(x)
+    (used,) = seen
+    assert len(used) == 10 and used[:, 0, 0, 0].tolist() == [0.0] * 5 + [1.0] * 5
+
+
 def test_airbench_init_from_uint8_with_normalizer_equals_float_path():
     from cnnlab.augment import Normalizer
 

@@ -512,12 +512,16 @@ class AirbenchNet(ImageClassifier):
     @torch.no_grad()
     def init_from_data(self, x: torch.Tensor, normalize: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         """Whitening init (the runner calls this right after building, with the training split):
-        from the first ``whiten_samples`` images x (N, C, H, W) (uint8 passed through ``normalize``,
+        from ``whiten_samples`` images spread evenly over x (N, C, H, W) (uint8 passed through ``normalize``,
         or float already normalized), the k x k patch covariance's eigenvectors v_i and eigenvalues
         l_i give the filters v_i / sqrt(l_i + eps) and their negatives (so GELU keeps both signs).
         The layer's outputs on patches then have (nearly) identity covariance: decorrelated."""
         w = self.whiten.weight  # (2*C*k*k, C, k, k)
-        x = x[: self.params.whiten_samples]
+        # whiten_samples images spread evenly over the split, not its first ones: a split can be
+        # ordered by class (an image folder is: CIFAR-10's first 5,000 are all airplanes), while
+        # airbench's first 5,000 of the official shuffled order hold every class.
+        n = len(x)
+        x = x[torch.linspace(0, n - 1, min(n, self.params.whiten_samples)).round().long()] if n else x
         if not x.is_floating_point():
             if normalize is None:
                 raise UserError("airbench.init_from_data: uint8 images need the normalizer of the training data.")
