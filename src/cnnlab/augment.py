@@ -27,6 +27,13 @@ def _source_index(i: torch.Tensor, size: int, mode: str) -> torch.Tensor:
 PADDING_MODES = ("constant", "edge", "reflect", "symmetric")
 
 
+def max_crop_padding(mode: str, size: int) -> int | None:
+    """The widest padding ``mode`` can fill on an image side of ``size`` pixels (torchvision's own
+    limit): a mirrored border cannot be wider than the image it mirrors, less the border pixel
+    that reflect does not repeat. None: no limit (constant and edge fill any width)."""
+    return {"reflect": size - 1, "symmetric": size}.get(mode)
+
+
 def crop_with_offsets(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor,
                       mode: str = "constant") -> torch.Tensor:
     """Pad ``x`` (B, C, H, W) by ``pad`` pixels (``mode``: constant = zeros, or edge / reflect /

@@ -361,8 +361,6 @@ def _validate_entry_keys(cfg: ExperimentConfig, source: str) -> None:
     ):
         entry = registry.entry(section.name, f"{source} at {where}.name")
         extra = cfg.extra(section)
-        if where == "train.scheduler":
-            extra.pop("warmup_epochs", None)
         if entry.params is None:
             if extra:
                 raise UserError(
@@ -376,8 +374,8 @@ def _validate_entry_keys(cfg: ExperimentConfig, source: str) -> None:
             allowed = _section_keys(entry.params)
             raise UserError(
                 _validation_message(e, source, where)[:-1]
-                + f". Keys of {registry.kind} {section.name!r}: name, "
-                + ("warmup_epochs, interval, " if where == "train.scheduler" else "") + f"{allowed}."
+                + f". Keys of {registry.kind} {section.name!r}: "
+                + ", ".join([*type(section).model_fields, allowed]) + "."
             ) from None
 
 
@@ -385,7 +383,6 @@ def entry_params(cfg_section: Open, registry: Any) -> BaseModel | None:
     """The validated parameter object of a model/scheduler/loss section."""
     entry = registry.entry(cfg_section.name)
     extra = dict(cfg_section.model_extra or {})
-    extra.pop("warmup_epochs", None)
     return entry.params.model_validate(extra) if entry.params is not None else None
 
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .augment import Normalizer, alternating_flip_mask, augment_batch
+from .augment import Normalizer, alternating_flip_mask, augment_batch, max_crop_padding
 from .callbacks import Callback
 from .config import ExperimentConfig
 from .distributed import World, trainable_signature, wrap_model
@@ -44,16 +44,16 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
-        keep_freed_host_memory()
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"train.device = {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps.") from None
-    available = {"cpu": lambda: True, "cuda": torch.cuda.is_available,
-                 "mps": lambda: getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
-    if dev.type not in available or not available[dev.type]():
-        raise UserError(f"train.device = {name!r} is not available on this machine; use auto or cpu.")
+        dev = torch.device("cpu")
+    else:
+        try:
+            dev = torch.device(name)
+        except RuntimeError:
+            raise UserError(f"train.device = {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps.") from None
+        available = {"cpu": lambda: True, "cuda": torch.cuda.is_available,
+                     "mps": lambda: getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+        if dev.type not in available or not available[dev.type]():
+            raise UserError(f"train.device = {name!r} is not available on this machine; use auto or cpu.")
     if dev.type == "cpu":
         keep_freed_host_memory()
     return dev
@@ -265,8 +265,7 @@ class Trainer:
         self.channels_last = self.t.channels_last and has_conv(model)
         # The module training forwards run through: DDP around the model with several processes.
         self.train_module = wrap_model(model, self.world, device)
-        self._trainable = trainable_signature(model)
-        self._compiled_for = self._trainable  # the trainable set the compiled training step last saw
+        self._trainable = trainable_signature(model)  # the set the DDP wrapper and compiled step last saw
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(cfg.seed)
         # Evaluation uses this module when a callback sets it (the EMA weights), else self.model.
@@ -285,12 +284,11 @@ class Trainer:
         # engine generator (so a resumed run, which rebuilds the trainer from the seed, gets the same).
         aug = cfg.data.augment
         side = min(train.x.shape[-2:]) if train.x.dim() == 4 else 0
-        if aug.crop_padding and aug.padding_mode in ("reflect", "symmetric") and \
-                aug.crop_padding > side - (aug.padding_mode == "reflect"):
+        most = max_crop_padding(aug.padding_mode, side)
+        if aug.crop_padding and most is not None and aug.crop_padding > most:
             raise UserError(f"data.augment.crop_padding = {aug.crop_padding} is too large for padding_mode = "
                             f"{aug.padding_mode!r} on {side}-pixel images: a mirrored border can be at most "
-                            f"{side - (aug.padding_mode == 'reflect')} pixels; use a smaller crop_padding or "
-                            f"padding_mode = \"constant\" or \"edge\".")
+                            f"{most} pixels; use a smaller crop_padding or padding_mode = \"constant\" or \"edge\".")
         self.flip_base = (torch.rand(len(train), device=device, generator=self.gen) < 0.5
                           if aug.hflip == "alternate" else None)
         self.epoch = 0  # completed epochs
@@ -358,15 +356,9 @@ class Trainer:
         t, x_all, y_all = self.t, self.train.x, self.train.y
         aug = self.cfg.data.augment
         world = self.world
+        self._follow_trainable_set()
         if world.enabled:
             self._prepare_distributed_epoch()
-        sig = trainable_signature(self.model)
-        if sig != self._compiled_for and self._compiled_train is not None:
-            # torch.compile guards on requires_grad: a changed trainable set (airbench's whitening bias
-            # freezing, an unfreeze schedule) recompiles on the next step, which is then timed as
-            # compilation like the first one (and falls back to eager if it fails).
-            self._unchecked.add("train")
-        self._compiled_for = sig
         order = self.epoch_order()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
@@ -414,17 +406,26 @@ class Trainer:
         w = getattr(self.loss_fn, "weight", None)
         return w[y].float() if isinstance(w, torch.Tensor) else torch.ones(len(y), device=y.device)
 
-    def _prepare_distributed_epoch(self) -> None:
-        """Before each epoch with several processes: wrap the model again when an unfreeze schedule
-        changed which parameters train (DDP fixes its set at wrap time), and draw dropout masks
-        from a generator seeded per (seed, epoch, rank), so processes do not share masks and a
-        resumed run draws the same ones."""
+    def _follow_trainable_set(self) -> None:
+        """Before each epoch, when the set of trainable parameters changed (an unfreeze schedule,
+        airbench's whitening bias freezing): with several processes wrap the model in DDP again (it
+        fixes its set at wrap time); a compiled training step recompiles (torch.compile guards on
+        requires_grad), so the next step is timed as compilation like the first one, and falls
+        back to eager if it fails."""
         sig = trainable_signature(self.model)
-        if sig != self._trainable:
-            self._trainable = sig
+        if sig == self._trainable:
+            return
+        self._trainable = sig
+        if self.world.enabled:
             self.train_module = wrap_model(self.model, self.world, self.device)
             if self._compiled_train is not None:
                 self._compiled_train = _compile(self.train_module)
+        if self._compiled_train is not None:
+            self._unchecked.add("train")
+
+    def _prepare_distributed_epoch(self) -> None:
+        """Before each epoch with several processes: draw dropout masks from a generator seeded per
+        (seed, epoch, rank), so processes do not share masks and a resumed run draws the same ones."""
         torch.manual_seed((self.cfg.seed * 1_000_003 + self.epoch * 1_009 + self.world.rank) % 2**63)
 
     def _forward_backward(self, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,

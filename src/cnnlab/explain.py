@@ -156,6 +156,13 @@ def _evenly(items: list, k: int) -> list:
     return [items[i] for i in idx]
 
 
+def _evenly_layers(layers: list) -> tuple[list, str]:
+    """At most MAX_PANELS of ``layers``, evenly spaced, and the caption's note when some are left out."""
+    shown = _evenly(layers, MAX_PANELS)
+    more = f" ({len(shown)} of {len(layers)} layers, evenly spaced)" if len(shown) < len(layers) else ""
+    return shown, more
+
+
 def conv_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The conv blocks of ``model.features`` as ``(name relative to model.features, module)``,
     input to output, before filtering by output shape.
@@ -431,7 +438,7 @@ def _weights_figure(model: nn.Module, gen: torch.Generator, trainable: set[int])
               if isinstance(getattr(m, "weight", None), nn.Parameter) and m.weight.dim() >= 2]
     if not layers:
         return None
-    shown = _evenly(layers, MAX_PANELS)
+    shown, more = _evenly_layers(layers)
     panels = []
     for name, m in shown:
         w = m.weight.detach()
@@ -439,7 +446,6 @@ def _weights_figure(model: nn.Module, gen: torch.Generator, trainable: set[int])
         panels.append((f"{_short(name, NAME_CHARS)}\n{'×'.join(map(str, w.shape))}, std {w.float().std().item():.3g}{frozen}",
                        _sample(w, MAX_VALUES, gen)))
     fig = _histogram_grid(panels, "weight", log_counts=False)
-    more = f" ({len(shown)} of {len(layers)} layers, evenly spaced)" if len(shown) < len(layers) else ""
     return ModelFigure(
         "weights", "Weight distributions per layer", fig,
         f"Histogram of each Conv/Linear layer's weights{more}, input to output; the title gives the weight shape and "
@@ -484,11 +490,10 @@ def _activations_figure(model: nn.Module, x_probe: torch.Tensor, gen: torch.Gene
     if not values:
         return None
     layers = [(k, np.concatenate(v)) for k, v in values.items()]  # insertion order = forward order
-    shown = _evenly(layers, MAX_PANELS)
+    shown, more = _evenly_layers(layers)
     panels = [(f"{_short(k, NAME_CHARS)}\nmean {v.mean():.3g}, std {v.std():.3g}, zero {np.mean(v == 0):.0%}", v)
               for k, v in shown]
     fig = _histogram_grid(panels, "activation", log_counts=True)
-    more = f" ({len(shown)} of {len(layers)} layers, evenly spaced)" if len(shown) < len(layers) else ""
     return ModelFigure(
         "activations", "Activation distributions per layer", fig,
         f"Histogram (log scale) of each {what}'s outputs on {len(x_probe)} training images{more}. "
