@@ -6,11 +6,14 @@ cnnlab: `cnnlab.run` on the same data (the images/s its history records: trainin
 steady state = the last epoch). Each measurement runs in its own process, so peak memory (max
 RSS) is that measurement's own.
 
-    python benchmarks/cpu_speed.py                      # everything (about 10 minutes on 2 cores)
-    python benchmarks/cpu_speed.py --only import eval   # a part
+    python benchmarks/cpu_speed.py                      # everything, 3 rounds (about 40 minutes on 2 cores)
+    python benchmarks/cpu_speed.py --only import eval --rounds 5   # a part
 
-Prints one table: measurement, baseline, cnnlab, ratio (cnnlab / baseline for speeds,
-or the time and the target for imports).
+Prints one table: measurement, baseline and cnnlab (medians over the rounds), the median of the
+per-round ratios cnnlab / baseline with their range (baseline and cnnlab are measured alternately,
+so each ratio compares two measurements a minute apart), or the time and the target for imports.
+``eval_compiled`` is the evaluation with ``train.compile = true`` (`cnnlab evaluate --set
+train.compile=true`); its compilation time is printed beside the target, not counted in the speed.
 """
 
 from __future__ import annotations
@@ -155,22 +158,37 @@ def part_baseline_eval(batch: int) -> dict:
     return {"images_per_s": n / (time.perf_counter() - t0)}
 
 
-def part_cnnlab_eval(batch: int) -> dict:
+def _cnnlab_eval(batch: int, compile: bool) -> dict:
+    """What `cnnlab evaluate` does on the test split (engine.Inference + engine.predict), twice: the
+    first pass includes one-off setup (oneDNN primitives; with compile, the compilation), the
+    second is the steady speed that is compared."""
     import torch
 
     from cnnlab.augment import Normalizer
-    from cnnlab.config import DataConfig
+    from cnnlab.config import DataConfig, TrainConfig
     from cnnlab.data import load_data
-    from cnnlab.engine import DeviceSplit, predict, resolve_device
+    from cnnlab.engine import DeviceSplit, Inference, predict, resolve_device
 
     resolve_device("cpu")  # what `cnnlab evaluate` does first (it also tunes the host allocator)
     data = load_data(DataConfig(dataset="cifar10", path=str(CIFAR), val_fraction=0.0, normalize="half"), 0)
-    model = _model("seed000_net1", (3, 32, 32)).to(memory_format=torch.channels_last)
+    inf = Inference.of(_model("seed000_net1", (3, 32, 32)), TrainConfig(compile=compile, eval_batch_size=batch))
     split = DeviceSplit(data.test.x, data.test.y)
     norm = Normalizer(data.mean, data.std, torch.device("cpu"))
-    t0 = time.perf_counter()
-    probs, _ = predict(model, split, norm, batch, channels_last=True)
-    return {"images_per_s": len(probs) / (time.perf_counter() - t0)}
+    seconds = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        probs, _ = predict(inf.model, split, norm, batch, channels_last=inf.channels_last, forward=inf.forward)
+        seconds.append(time.perf_counter() - t0)
+    return {"images_per_s": len(probs) / seconds[1], "first_pass_s": seconds[0],
+            "compile_s": inf.forward.compile_seconds if inf.forward is not None else 0.0}
+
+
+def part_cnnlab_eval(batch: int) -> dict:
+    return _cnnlab_eval(batch, compile=False)
+
+
+def part_cnnlab_eval_compiled(batch: int) -> dict:
+    return _cnnlab_eval(batch, compile=True)
 
 
 def part_import(_batch: int) -> dict:
@@ -188,26 +206,37 @@ def part_import(_batch: int) -> dict:
 
 
 PARTS = {name[5:]: fn for name, fn in dict(globals()).items() if name.startswith("part_")}
-PAIRS = {  # measurement -> (baseline part, cnnlab part, batch size, target ratio)
-    "train seed000_net1 CIFAR-10 crop+flip": ("baseline_cnn", "cnnlab_cnn", 100, 2.5),
-    "train seed 002 MLP MNIST": ("baseline_mlp", "cnnlab_mlp", 100, 10.0),
-    "evaluate seed000_net1 CIFAR-10 test": ("baseline_eval", "cnnlab_eval", 500, 5.0),
+PAIRS = {  # short name -> (measurement, baseline part, cnnlab part, batch size, target ratio)
+    "train": ("train seed000_net1 CIFAR-10 crop+flip", "baseline_cnn", "cnnlab_cnn", 100, 2.5),
+    "mlp": ("train seed 002 MLP MNIST", "baseline_mlp", "cnnlab_mlp", 100, 10.0),
+    "eval": ("evaluate seed000_net1 CIFAR-10 test", "baseline_eval", "cnnlab_eval", 500, 5.0),
+    "eval_compiled": ("evaluate seed000_net1 CIFAR-10 test, train.compile", "baseline_eval", "cnnlab_eval_compiled",
+                      500, 5.0),
 }
 
 
 def _run_part(name: str, batch: int, env: dict) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--part", name, "--batch", str(batch)], capture_output=True,
-                         text=True, env=env)
+    with tempfile.TemporaryDirectory(prefix="cnnlab-inductor-") as cold:
+        # A compiled part starts from an empty inductor cache: its compile time is a first-time user's.
+        out = subprocess.run([sys.executable, __file__, "--part", name, "--batch", str(batch)], capture_output=True,
+                             text=True, env={**env, "TORCHINDUCTOR_CACHE_DIR": cold})
     if out.returncode != 0:
         raise SystemExit(f"part {name} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _median(v: list[float]) -> float:
+    v = sorted(v)
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", choices=sorted(PARTS))
     ap.add_argument("--batch", type=int, default=100)
-    ap.add_argument("--only", nargs="*", choices=["train", "mlp", "eval", "import"], default=None)
+    ap.add_argument("--only", nargs="*", choices=["import", *PAIRS], default=None)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="baseline and cnnlab measured alternately this many times; medians are compared")
     a = ap.parse_args()
     if a.part:  # child process: one measurement, JSON on the last line
         res = PARTS[a.part](a.batch)
@@ -218,29 +247,37 @@ def main() -> None:
         raise SystemExit(f"needs the shared data copies at {SHARED}")
     env = dict(os.environ)
     env["CNNLAB_CACHE"] = str(WORK / "cache")
+    env.setdefault("CNNLAB_REPORT", "0")
     shutil.rmtree(WORK / "cache", ignore_errors=True)  # the import part measures a cold cache
-    want = set(a.only or ["train", "mlp", "eval", "import"])
+    want = set(a.only or ["import", *PAIRS])
     import torch
 
     print(f"# {time.strftime('%Y-%m-%d')}  torch {torch.__version__}  {os.cpu_count()} CPU cores  "
-          f"threads {torch.get_num_threads()}")
+          f"threads {torch.get_num_threads()}  rounds {a.rounds}")
     rows = []
     if "import" in want:
         r = _run_part("import", 0, env)
-        rows.append(("CIFAR-10 import, cold (s)", "-", f"{r['cold_s']:.1f}", "target <= 30 s", f"{r['peak_mb']:.0f}"))
-        rows.append(("CIFAR-10 import, cached (s)", "-", f"{r['cached_s']:.2f}", "target <= 1 s", ""))
-    keys = {"train": "train seed000_net1 CIFAR-10 crop+flip", "mlp": "train seed 002 MLP MNIST",
-            "eval": "evaluate seed000_net1 CIFAR-10 test"}
-    for short, label in keys.items():
+        rows.append(("CIFAR-10 import, cold (s)", "-", f"{r['cold_s']:.1f}", "-", "target <= 30 s", f"{r['peak_mb']:.0f}"))
+        rows.append(("CIFAR-10 import, cached (s)", "-", f"{r['cached_s']:.2f}", "-", "target <= 1 s", ""))
+    for short, (label, base, ours, batch, target) in PAIRS.items():
         if short not in want:
             continue
-        base, ours, batch, target = PAIRS[label]
-        b, c = _run_part(base, batch, env), _run_part(ours, batch, env)
-        ratio = c["images_per_s"] / b["images_per_s"]
-        rows.append((f"{label} (images/s)", f"{b['images_per_s']:,.0f}", f"{c['images_per_s']:,.0f}",
-                     f"{ratio:.2f}x (target >= {target}x)", f"{b['peak_mb']:.0f} / {c['peak_mb']:.0f}"))
-    print("| measurement | baseline | cnnlab | ratio | peak MB (baseline / cnnlab) |")
-    print("|---|---|---|---|---|")
+        # Alternating rounds: this shared 2-core machine drifts by +-25 % over minutes, and a ratio
+        # of two measurements made far apart in time would mostly measure that drift.
+        bs, cs = [], []
+        for _ in range(a.rounds):
+            bs.append(_run_part(base, batch, env))
+            cs.append(_run_part(ours, batch, env))
+        ratios = [c["images_per_s"] / b["images_per_s"] for b, c in zip(bs, cs)]
+        b_rate, c_rate = _median([b["images_per_s"] for b in bs]), _median([c["images_per_s"] for c in cs])
+        extra = f"; compile {_median([c['compile_s'] for c in cs]):.1f} s from a cold cache" if "compile_s" in cs[0] and cs[0]["compile_s"] else ""
+        rows.append((f"{label} (images/s)", f"{b_rate:,.0f}", f"{c_rate:,.0f}",
+                     f"**{_median(ratios):.2f}x** ({min(ratios):.2f}-{max(ratios):.2f})",
+                     f"target >= {target}x{extra}",
+                     f"{max(b['peak_mb'] for b in bs):.0f} / {max(c['peak_mb'] for c in cs):.0f}"))
+    print("| measurement | baseline (median) | cnnlab (median) | ratio: median of rounds (range) | target | "
+          "peak MB (baseline / cnnlab) |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         print("| " + " | ".join(r) + " |")
 

@@ -15,7 +15,7 @@ import torch.nn as nn
 from cnnlab.augment import Normalizer
 from cnnlab.callbacks import Callback
 from cnnlab.config import ExperimentConfig
-from cnnlab.engine import DeviceSplit, Trainer, epoch_steps, predict, resolve_device
+from cnnlab.engine import CheckedForward, DeviceSplit, Inference, Trainer, epoch_steps, predict, resolve_device
 from cnnlab.errors import UserError
 from cnnlab.optim import build_optimizer, build_scheduler
 
@@ -121,6 +121,60 @@ def test_predict_probabilities_sum_to_one():
     assert probs.shape == (20, 3)
     np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-5)
     assert math.isfinite(loss)
+
+
+@pytest.mark.parametrize("tta", ["none", "flip_translate"])
+def test_predict_pads_a_short_last_chunk_for_a_given_forward(tta):
+    """With a (compiled) forward, every call sees the full chunk shape, and the padded images'
+    outputs are dropped: probabilities and loss equal the eager ones, chunk by chunk."""
+    x, y = data(23)
+    norm = Normalizer((0.5,), (0.25,), torch.device("cpu"))
+    model = small_model().eval()
+    shapes = []
+
+    def forward(inp):
+        shapes.append(tuple(inp.shape))
+        return model(inp)
+
+    loss_fn = nn.CrossEntropyLoss()
+    ref, ref_loss = predict(model, DeviceSplit(x, y), norm, 12, loss_fn=loss_fn, tta=tta)
+    got, loss = predict(model, DeviceSplit(x, y), norm, 12, loss_fn=loss_fn, tta=tta, forward=forward)
+    views = 6 if tta == "flip_translate" else 1
+    chunk = 12 // views
+    assert len(shapes) == math.ceil(23 / chunk) and set(shapes) == {(chunk * views, 1, 8, 8)}
+    assert got.shape == (23, 3)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
+    assert loss == pytest.approx(ref_loss, rel=1e-6)
+
+
+def test_checked_forward_falls_back_to_eager_once_with_a_warning(monkeypatch):
+    model = small_model().eval()
+    calls = []
+
+    def broken_compile(module, *a, **k):
+        def run(inp):
+            calls.append(len(inp))
+            raise RuntimeError("no C++ compiler found")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    fwd = CheckedForward(model)
+    x = torch.randn(4, 1, 8, 8)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed in evaluation"):
+        out = fwd(x)
+    with torch.no_grad():
+        torch.testing.assert_close(out, model(x))
+        fwd(x)
+    assert calls == [4] and fwd.compiled is None  # the compiler is tried once, then eager
+
+
+def test_inference_setup_uses_channels_last_for_conv_nets_and_the_compile_switch(monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda m, **k: m)
+    conv = Inference.of(small_model(), _cfg(compile=True).train)
+    assert conv.channels_last and conv.model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert isinstance(conv.forward, CheckedForward) and not conv.model.training
+    mlp = Inference.of(nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), _cfg(channels_last=True).train)
+    assert not mlp.channels_last and mlp.forward is None
 
 
 def test_unavailable_device_is_user_error():

@@ -177,6 +177,18 @@ def test_evaluate_and_predict(quickstart, tmp_path):
     assert all(len(r["top"]) == 3 and r["top"][0]["probability"] >= r["top"][1]["probability"] for r in res)
 
 
+def test_evaluate_with_compile_gives_the_same_metrics(quickstart, monkeypatch):
+    """`cnnlab evaluate --set train.compile=true` runs the compiled forward (dynamo with its light
+    'eager' backend here: compiling for real takes minutes on 2 cores) and measures the same."""
+    real = torch.compile
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda m, **k: compiled.append(m) or real(m, backend="eager"))
+    out = cnnlab.evaluate(quickstart.dir, "best", overrides=["train.compile=true"], splits=["test"], quiet=True)
+    assert len(compiled) == 1
+    assert out["test"]["accuracy"] == pytest.approx(quickstart.metrics["test"]["accuracy"])
+    assert out["test"]["loss"] == pytest.approx(quickstart.metrics["test"]["loss"], rel=1e-5)
+
+
 def test_truncated_checkpoint_is_a_clear_error(quickstart, tmp_path):
     bad = tmp_path / "bad.pt"
     data = (quickstart.dir / "checkpoints" / "best.pt").read_bytes()

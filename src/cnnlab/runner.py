@@ -29,8 +29,8 @@ from .callbacks import CALLBACKS, Callback, eval_weights
 from .config import ExperimentConfig, dumps_toml, load_config, resolved_dict, validate_config, apply_overrides
 from .distributed import World
 from .data import DataSplits, load_data, read_image_files
-from .engine import (DeviceSplit, Trainer, amp_dtype, epoch_steps, has_conv, predict as predict_probs, resolve_device,
-                     seed_everything)
+from .engine import (DeviceSplit, Inference, Trainer, amp_dtype, epoch_steps, has_conv, predict as predict_probs,
+                     resolve_device, seed_everything)
 from .loggers import build_loggers, check_loggers, close_loggers, log_final
 from .errors import RunFailure, UserError
 from .losses import build_loss
@@ -441,13 +441,15 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", overrides: list[str]
     norm = Normalizer(meta["mean"], meta["std"], device)
     loss_fn = build_loss(cfg.train, np.ones(len(meta["class_names"]))).to(device)
     amp = amp_dtype(cfg.train.precision, device)
+    inf = Inference.of(model, cfg.train)  # channels_last, train.compile, train.threads as in training
     out: dict[str, Any] = {}
     for name in splits or ["train", "val", "test"]:
         split = getattr(data, name, None)
         if split is None:
             continue
         dev = DeviceSplit.of(split, device)
-        probs, loss = predict_probs(model, dev, norm, cfg.train.eval_batch_size, amp, loss_fn, tta=cfg.train.tta)
+        probs, loss = predict_probs(inf.model, dev, norm, cfg.train.eval_batch_size, amp, loss_fn,
+                                    channels_last=inf.channels_last, tta=cfg.train.tta, forward=inf.forward)
         out[name] = compute_metrics(split.y.numpy(), probs, meta["class_names"], loss)
     record = {"checkpoint": checkpoint, "epoch": state["epoch"], "overrides": overrides or [], "metrics": out}
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
@@ -468,8 +470,10 @@ def predict(run_dir: str | Path, images: list[str], checkpoint: str = "best", k:
     c, h, w = meta["input_shape"]
     x = read_image_files(list(images), c, (h, w))
     norm = Normalizer(meta["mean"], meta["std"], torch.device("cpu"))
-    probs, _ = predict_probs(model, DeviceSplit(x, torch.zeros(len(x), dtype=torch.long)), norm, 256,
-                             tta=cfg.train.tta)
+    # Eager (no train.compile): a handful of images would not pay for a compilation.
+    inf = Inference.of(model, cfg.train.model_copy(update={"compile": False}))
+    probs, _ = predict_probs(inf.model, DeviceSplit(x, torch.zeros(len(x), dtype=torch.long)), norm, 256,
+                             channels_last=inf.channels_last, tta=cfg.train.tta)
     names = meta["class_names"]
     idx, p = top_k(probs, min(k, len(names)))
     results = []
