@@ -56,28 +56,19 @@ def run_recipe(name: str, seeds: list[int], data: Path, runs_dir: Path, sets: li
     load_data(cfg.data, cfg.seed)
     cached = time.perf_counter() - t0
     rows = []
+    interrupted = False
     for seed in seeds:
-        t0 = time.perf_counter()
-        run = cnnlab.run(path, overrides=[*overrides, f"seed={seed}"], runs_dir=runs_dir, quiet=True)
-        wall = time.perf_counter() - t0
-        hist = run.history
-        rates = [h["images_per_s"] for h in hist]
-        row = {
-            "recipe": name, "seed": seed, "test_accuracy": run.metrics["test"]["accuracy"],
-            "train_seconds": sum(h["seconds"] for h in hist),
-            # Steady state: the median epoch after the first (which warms caches and autotuners up).
-            "images_per_s": statistics.median(rates[1:] if len(rates) > 1 else rates),
-            "compile_seconds": sum(h.get("compile_seconds", 0.0) for h in hist),
-            "wall_seconds": wall, "epochs": len(hist), "run_dir": str(run.dir),
-            "device": json.loads((run.dir / "env.json").read_text()).get("device_name"),
-        }
-        # What the run spent outside its epochs and compilation: setup, the final evaluation
-        # (test-time augmentation included), writing files.
-        row["other_seconds"] = wall - row["train_seconds"] - row["compile_seconds"]
+        try:
+            row = _one_run(name, path, overrides, seed, runs_dir)
+        except KeyboardInterrupt:  # a time budget ran out (gpu_check.sh): report the runs that finished
+            interrupted = True
+            break
         rows.append(row)
         print(json.dumps(row), file=out, flush=True)
         print(f"  {name} seed {seed}: test {row['test_accuracy']:.4f}  train {row['train_seconds']:.2f} s  "
               f"{row['images_per_s']:,.0f} img/s  compile {row['compile_seconds']:.1f} s", file=sys.stderr)
+    if not rows:
+        raise KeyboardInterrupt
     acc = _mean_std([r["test_accuracy"] for r in rows])
     secs = [r["train_seconds"] for r in rows]
     goal_acc, goal_s = TARGETS.get(name, (None, None))
@@ -86,7 +77,30 @@ def run_recipe(name: str, seeds: list[int], data: Path, runs_dir: Path, sets: li
             "rate": statistics.fmean(r["images_per_s"] for r in rows),
             "compile": statistics.fmean(r["compile_seconds"] for r in rows),
             "other": statistics.fmean(r["other_seconds"] for r in rows), "import": (first, cached),
-            "device": rows[0]["device"], "target": (goal_acc, goal_s), "met": met}
+            "device": rows[0]["device"], "target": (goal_acc, goal_s), "met": met, "interrupted": interrupted}
+
+
+def _one_run(name: str, path: Path, overrides: list[str], seed: int, runs_dir: Path) -> dict:
+    import cnnlab
+
+    t0 = time.perf_counter()
+    run = cnnlab.run(path, overrides=[*overrides, f"seed={seed}"], runs_dir=runs_dir, quiet=True)
+    wall = time.perf_counter() - t0
+    hist = run.history
+    rates = [h["images_per_s"] for h in hist]
+    row = {
+        "recipe": name, "seed": seed, "test_accuracy": run.metrics["test"]["accuracy"],
+        "train_seconds": sum(h["seconds"] for h in hist),
+        # Steady state: the median epoch after the first (which warms caches and autotuners up).
+        "images_per_s": statistics.median(rates[1:] if len(rates) > 1 else rates),
+        "compile_seconds": sum(h.get("compile_seconds", 0.0) for h in hist),
+        "wall_seconds": wall, "epochs": len(hist), "run_dir": str(run.dir),
+        "device": json.loads((run.dir / "env.json").read_text()).get("device_name"),
+    }
+    # What the run spent outside its epochs and compilation: setup, the final evaluation
+    # (test-time augmentation included), writing files.
+    row["other_seconds"] = wall - row["train_seconds"] - row["compile_seconds"]
+    return row
 
 
 def main() -> None:
@@ -112,12 +126,19 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     with out:
         for name in a.recipes:
-            r = run_recipe(name, list(range(a.seeds)), a.data.resolve(), runs_dir, a.sets, out)
+            try:
+                r = run_recipe(name, list(range(a.seeds)), a.data.resolve(), runs_dir, a.sets, out)
+            except KeyboardInterrupt:
+                print(f"| {name} | 0 | interrupted before its first run finished | | | | | | | | |", flush=True)
+                raise SystemExit(124)
             goal = f">= {r['target'][0] * 100:.2f} % in <= {r['target'][1]:g} s"
             print(f"| {name} | {r['n']} | {r['acc'][0] * 100:.2f} ± {r['acc'][1] * 100:.2f} % | "
                   f"{r['secs'][0]:.2f} / {r['secs'][1]:.2f} | {r['rate']:,.0f} | {r['compile']:.1f} | {r['other']:.1f} | "
                   f"{r['import'][0]:.1f} / {r['import'][1]:.2f} | {r['device']} | {goal} | {'yes' if r['met'] else 'no'} |",
                   flush=True)
+            if r["interrupted"]:
+                print(f"(the time budget ran out during {name}: n = {r['n']} of {a.seeds} seeds)", flush=True)
+                raise SystemExit(124)
 
 
 if __name__ == "__main__":
