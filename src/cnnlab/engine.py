@@ -332,12 +332,13 @@ class Trainer:
         # Evaluation uses this module when a callback sets it (the EMA weights), else self.model.
         self.eval_module: nn.Module | None = None
         # train.compile: the compiled forward for training and for evaluation; each is checked on its
-        # first use and replaced by eager (None) with a warning if it fails. self.model stays the
-        # uncompiled module, so state_dict keys (and checkpoints) are the same with or without it.
-        self._compiled_eval = _compile(model) if self.t.compile else None
-        self._compiled_train = (self._compiled_eval if not self.world.enabled else _compile(self.train_module)) \
+        # first use and replaced by eager with a warning if it fails (evaluation: CheckedForward).
+        # In one process both share one compiled module. self.model stays the uncompiled module, so
+        # state_dict keys (and checkpoints) are the same with or without it.
+        self._compiled_eval = CheckedForward(model) if self.t.compile else None
+        self._compiled_train = (self._compiled_eval.compiled if not self.world.enabled else _compile(self.train_module)) \
             if self.t.compile else None
-        self._unchecked = {"train", "eval"}
+        self._train_unchecked = True  # the next compiled training step is its first (it compiles)
         # Wall time of the compiled training steps that (re)compiled: the first one, and the first
         # after each change of the trainable set.
         self.compile_seconds = 0.0
@@ -439,7 +440,7 @@ class Trainer:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = y_all[idx]
-            if "train" in self._unchecked and self._compiled_train is not None:
+            if self._train_unchecked and self._compiled_train is not None:
                 out, loss = self._checked_compiled_step(x, y, scale)
             else:
                 forward = self._compiled_train if self._compiled_train is not None else self.train_module
@@ -482,7 +483,7 @@ class Trainer:
             if self._compiled_train is not None:
                 self._compiled_train = _compile(self.train_module)
         if self._compiled_train is not None:
-            self._unchecked.add("train")
+            self._train_unchecked = True
 
     def _prepare_distributed_epoch(self) -> None:
         """Before each epoch with several processes: draw dropout masks from a generator seeded per
@@ -506,7 +507,7 @@ class Trainer:
         """The first compiled step (forward and backward both compile lazily): if compilation fails,
         warn, put the BatchNorm statistics back as they were before the attempt and run it eagerly,
         so the fallback trains exactly like a run without train.compile."""
-        self._unchecked.discard("train")
+        self._train_unchecked = False
         buffers = [b.detach().clone() for b in self.model.buffers()]
         t0 = time.perf_counter()
         try:
@@ -535,21 +536,8 @@ class Trainer:
         provides them (``eval_module``) and the test-time augmentation ``tta`` (a TTA_VIEWS key)."""
         model = self.eval_module if self.eval_module is not None else self.model
         compiled = self._compiled_eval if self.eval_module is None else None
-
-        def run(forward):
-            return predict(model, split, self.norm, self.t.eval_batch_size, self.amp, self.loss_fn,
-                           self.channels_last, tta, forward, self.world)
-
-        if compiled is not None and "eval" in self._unchecked:
-            self._unchecked.discard("eval")
-            try:
-                probs, loss = run(compiled)
-            except Exception as e:  # evaluation changes no state: simply run it again eagerly
-                self._compiled_eval = None
-                _warn_compile(e, "evaluation")
-                probs, loss = run(None)
-        else:
-            probs, loss = run(compiled)
+        probs, loss = predict(model, split, self.norm, self.t.eval_batch_size, self.amp, self.loss_fn,
+                              self.channels_last, tta, compiled, self.world)
         acc = float((probs.argmax(1) == split.y.cpu().numpy()).mean()) if len(split) else float("nan")
         return probs, loss, acc
 
