@@ -6,7 +6,7 @@ cnnlab: `cnnlab.run` on the same data (the images/s its history records: trainin
 steady state = the last epoch). Each measurement runs in its own process, so peak memory (max
 RSS) is that measurement's own.
 
-    python benchmarks/cpu_speed.py                      # everything, 3 rounds (about 40 minutes on 2 cores)
+    python benchmarks/cpu_speed.py                      # everything, 3 rounds (7 minutes on 2 cores, 2026-12-01)
     python benchmarks/cpu_speed.py --only import eval --rounds 5   # a part
 
 Prints one table: measurement, baseline and cnnlab (medians over the rounds), the median of the
