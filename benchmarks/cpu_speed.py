@@ -159,17 +159,16 @@ def part_baseline_eval(batch: int) -> dict:
 
 
 def _cnnlab_eval(batch: int, compile: bool) -> dict:
-    """What `cnnlab evaluate` does on the test split (engine.Inference + engine.predict), twice: the
+    """What `cnnlab evaluate` does on the test split (cnnlab.train.Inference + predict), twice: the
     first pass includes one-off setup (oneDNN primitives; with compile, the compilation), the
     second is the steady speed that is compared."""
     import torch
 
-    from cnnlab.augment import Normalizer
     from cnnlab.config import DataConfig, TrainConfig
-    from cnnlab.data import load_data
-    from cnnlab.engine import DeviceSplit, Inference, predict, resolve_device
+    from cnnlab.data import Normalizer, load_data
+    from cnnlab.train import DeviceSplit, Inference, predict, prepare_process
 
-    resolve_device("cpu")  # what `cnnlab evaluate` does first (it also tunes the host allocator)
+    prepare_process(torch.device("cpu"))  # what `cnnlab evaluate` does first (it tunes the host allocator)
     data = load_data(DataConfig(dataset="cifar10", path=str(CIFAR), val_fraction=0.0, normalize="half"), 0)
     inf = Inference.of(_model("seed000_net1", (3, 32, 32)), TrainConfig(compile=compile, eval_batch_size=batch))
     split = DeviceSplit(data.test.x, data.test.y)

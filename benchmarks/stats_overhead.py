@@ -24,11 +24,10 @@ from pathlib import Path
 import torch
 
 from cnnlab import rundir as rd
-from cnnlab.config import load_config
 from cnnlab.data import load_data
-from cnnlab.engine import resolve_device, seed_everything
-from cnnlab.runner import _build
-from cnnlab.stats import read_stats
+from cnnlab.experiment import load_config
+from cnnlab.runner import _assemble, _trainer
+from cnnlab.train import World, read_stats, resolve_device, seed_everything
 
 QUICK = Path(__file__).resolve().parents[1] / "examples" / "quickstart.toml"
 
@@ -43,7 +42,9 @@ def fit_seconds(stats_every: int, epochs: int, root: Path) -> tuple[float, float
     data = load_data(cfg.data, cfg.seed)
     run_dir = rd.new_run_dir(root, f"stats{stats_every}")
     seed_everything(cfg.seed, cfg.deterministic)
-    trainer = _build(cfg, data, device, run_dir, quiet=True)
+    world = World()
+    trainer = _trainer(cfg, data, _assemble(cfg, data, device, world, True, load_transfer=True), device, run_dir,
+                       True, world)
     t0 = time.perf_counter()
     trainer.fit()
     wall = time.perf_counter() - t0

@@ -2,7 +2,8 @@ import tomllib
 
 import pytest
 
-from cnnlab.config import ExperimentConfig, dumps_toml, load_config, parse_override, validate_config
+from cnnlab.config import ExperimentConfig, parse_override
+from cnnlab.experiment import dumps_toml, load_config, validate_config
 from cnnlab.errors import UserError
 
 

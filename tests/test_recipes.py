@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 import cnnlab
-from cnnlab import rundir as rd
-from cnnlab.callbacks import Callback
-from cnnlab.config import load_config
+from cnnlab.train import load_checkpoint
+from cnnlab.train.callbacks import Callback
+from cnnlab.experiment import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,14 +48,14 @@ def test_speed_options_run_resume_exactly_and_evaluate_with_the_ema_weights(tmp_
     cut = next((tmp_path / "cut" / "fast").iterdir())
     resumed = cnnlab.resume(cut, quiet=True)
     assert resumed.metrics == ref.metrics
-    a, b = rd.load_checkpoint(ref.dir / "checkpoints" / "last.pt"), rd.load_checkpoint(cut / "checkpoints" / "last.pt")
+    a, b = load_checkpoint(ref.dir / "checkpoints" / "last.pt"), load_checkpoint(cut / "checkpoints" / "last.pt")
     for part in ("model", "ema"):
         sa = a["model"] if part == "model" else a["callbacks"]["WeightEMA"]["weights"]
         sb = b["model"] if part == "model" else b["callbacks"]["WeightEMA"]["weights"]
         for k in sa:
             assert torch.equal(sa[k], sb[k]), (part, k)
     # Checkpoints hold both weight sets; a loaded run model carries the EMA weights it was evaluated with.
-    best = rd.load_checkpoint(ref.dir / "checkpoints" / "best.pt")
+    best = load_checkpoint(ref.dir / "checkpoints" / "best.pt")
     model = ref.model
     for k, v in model.state_dict().items():
         assert torch.equal(v, best["callbacks"]["WeightEMA"]["weights"][k]), k

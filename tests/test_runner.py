@@ -17,6 +17,8 @@ from sklearn import metrics as skm
 
 import cnnlab
 from cnnlab import rundir as rd
+from cnnlab.train import load_checkpoint
+from cnnlab.lifecycle import read_status
 from cnnlab.errors import RunFailure, UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,7 +143,7 @@ def test_early_stopping_and_checkpoint_interval(tmp_path):
     assert len(r.history) == 3
     assert sorted(p.name for p in (r.dir / "checkpoints").glob("epoch-*.pt")) == \
         ["epoch-0001.pt", "epoch-0002.pt", "epoch-0003.pt"]
-    best = rd.load_checkpoint(r.dir / "checkpoints" / "best.pt")
+    best = load_checkpoint(r.dir / "checkpoints" / "best.pt")
     assert best["epoch"] == 1
 
 
@@ -151,7 +153,7 @@ def test_nan_loss_stops_with_failure_and_keeps_best(tmp_path):
     with pytest.raises(RunFailure, match="NaN"):
         cnnlab.run(cfg, runs_dir=tmp_path, quiet=True)
     d = next((tmp_path / "small").iterdir())
-    assert rd.read_status(d)["status"] == "failed"
+    assert read_status(d)["status"] == "failed"
 
 
 def test_evaluate_and_predict(quickstart, tmp_path):
@@ -194,7 +196,7 @@ def test_truncated_checkpoint_is_a_clear_error(quickstart, tmp_path):
     data = (quickstart.dir / "checkpoints" / "best.pt").read_bytes()
     bad.write_bytes(data[: len(data) // 2])
     with pytest.raises(UserError, match="truncated"):
-        rd.load_checkpoint(bad)
+        load_checkpoint(bad)
     r = _run_cli(["evaluate", str(quickstart.dir), "--checkpoint", str(bad)])
     assert r.returncode == 2 and "Traceback" not in r.stderr and "truncated" in r.stderr
 
@@ -207,7 +209,7 @@ def test_checkpoint_with_pickled_object_is_refused(tmp_path):
     p = tmp_path / "evil.pt"
     torch.save({"model": {}, "x": Evil()}, p)
     with pytest.raises(UserError):
-        rd.load_checkpoint(p)
+        load_checkpoint(p)
 
 
 def test_overflowing_best_checkpoint_fails_cleanly(tmp_path):
@@ -218,11 +220,11 @@ def test_overflowing_best_checkpoint_fails_cleanly(tmp_path):
     with pytest.raises(RunFailure):
         cnnlab.run(cfg, runs_dir=tmp_path, quiet=True)
     d = next((tmp_path / "small").iterdir())
-    assert rd.read_status(d)["status"] == "failed"
+    assert read_status(d)["status"] == "failed"
 
 
 def test_non_finite_outputs_with_a_finite_loss_are_recorded_as_such(tmp_path):
-    from cnnlab.callbacks import Callback
+    from cnnlab.train.callbacks import Callback
 
     class Overflow(Callback):  # the weights overflow after training, with every loss finite
         def on_fit_end(self, trainer):
@@ -233,7 +235,7 @@ def test_non_finite_outputs_with_a_finite_loss_are_recorded_as_such(tmp_path):
     with pytest.raises(RunFailure, match="not finite"):
         cnnlab.run(cfg, runs_dir=tmp_path, quiet=True, extra_callbacks=[Overflow()])
     d = next((tmp_path / "small").iterdir())
-    st = rd.read_status(d)
+    st = read_status(d)
     assert st["status"] == "failed" and st["error"] == "non_finite_outputs" and "not finite" in st["message"]
     found = {f["id"]: f for f in json.loads((d / "diagnostics.json").read_text())["findings"]}
     assert "outputs are NaN/inf" in found["divergence"]["evidence"]

@@ -1,9 +1,10 @@
 """Typed experiment configuration: one pydantic model per concern, validated when loaded.
 
-A config file is TOML. ``load_config(path, overrides)`` parses it, applies ``--set key.path=value``
-overrides (values parsed as TOML), validates every section (unknown keys and wrong types fail
-with the file, the key path and what is allowed), and validates the keys that belong to the
-chosen model, scheduler and loss against those entries' own parameter models.
+This module is the schema (the pydantic models of every section) and the plain-dict tools that
+need no registry: reading TOML, ``--set key.path=value`` overrides (values parsed as TOML),
+key-path flattening and validation messages that name the file, the key path and what is allowed.
+Validating the keys that belong to the chosen model, scheduler and loss needs those registries,
+so loading a whole experiment lives one level up, in :mod:`cnnlab.experiment`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import UserError
@@ -261,7 +261,7 @@ def _fmt_loc(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
 
 
-def _validation_message(err: ValidationError, source: str, prefix: str = "") -> str:
+def validation_message(err: ValidationError, source: str, prefix: str = "") -> str:
     parts = []
     for e in err.errors():
         loc = _fmt_loc(tuple(p for p in (prefix.split(".") if prefix else []) + list(e["loc"])))
@@ -273,10 +273,6 @@ def _validation_message(err: ValidationError, source: str, prefix: str = "") -> 
             shown = "" if isinstance(got, (dict, list)) and len(str(got)) > 60 else f" (got {got!r})"
             parts.append(f"{loc}: {msg}{shown}")
     return f"invalid configuration in {source}: " + "; ".join(parts) + "."
-
-
-def _section_keys(model: type[BaseModel]) -> str:
-    return ", ".join(model.model_fields)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -335,83 +331,11 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{p} is not a UTF-8 text file; expected an experiment .toml file.") from None
 
 
-def validate_config(raw: dict[str, Any], source: str = "<config>") -> ExperimentConfig:
-    """Validate a raw dict into an ExperimentConfig, including registry-entry keys."""
-    try:
-        cfg = ExperimentConfig.model_validate(raw)
-    except ValidationError as e:
-        raise UserError(_validation_message(e, source)) from None
-    _validate_entry_keys(cfg, source)
-    return cfg
-
-
-def _validate_entry_keys(cfg: ExperimentConfig, source: str) -> None:
-    # Imported here: the registries live in modules that import this one.
-    from .data import DATASETS
-    from .losses import LOSSES
-    from .models import MODELS
-    from .optim import OPTIMIZERS, SCHEDULERS
-
-    DATASETS.entry(cfg.data.dataset, f"{source} at data.dataset")
-    OPTIMIZERS.entry(cfg.train.optimizer, f"{source} at train.optimizer")
-    for section, registry, where in (
-        (cfg.model, MODELS, "model"),
-        (cfg.train.scheduler, SCHEDULERS, "train.scheduler"),
-        (cfg.train.loss, LOSSES, "train.loss"),
-    ):
-        entry = registry.entry(section.name, f"{source} at {where}.name")
-        extra = cfg.extra(section)
-        if entry.params is None:
-            if extra:
-                raise UserError(
-                    f"invalid configuration in {source}: {registry.kind} {section.name!r} takes no keys, "
-                    f"got {', '.join(sorted(extra))} under [{where}]."
-                )
-            continue
-        try:
-            entry.params.model_validate(extra)
-        except ValidationError as e:
-            allowed = _section_keys(entry.params)
-            raise UserError(
-                _validation_message(e, source, where)[:-1]
-                + f". Keys of {registry.kind} {section.name!r}: "
-                + ", ".join([*type(section).model_fields, allowed]) + "."
-            ) from None
-
-
 def entry_params(cfg_section: Open, registry: Any) -> BaseModel | None:
     """The validated parameter object of a model/scheduler/loss section."""
     entry = registry.entry(cfg_section.name)
     extra = dict(cfg_section.model_extra or {})
     return entry.params.model_validate(extra) if entry.params is not None else None
-
-
-def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> ExperimentConfig:
-    """Read, override and validate an experiment file. Raises UserError on any bad input."""
-    raw = read_toml(path)
-    raw = apply_overrides(raw, overrides)
-    cfg = validate_config(raw, str(path))
-    return cfg
-
-
-def resolved_dict(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The fully resolved config as a plain dict: defaults included, registry-entry defaults too,
-    ``None`` values dropped (TOML has no null; a dropped key reloads as the same default)."""
-    from .losses import LOSSES
-    from .models import MODELS
-    from .optim import SCHEDULERS
-
-    d = cfg.model_dump(mode="json")
-    for key, section, registry in (
-        ("model", cfg.model, MODELS),
-        ("scheduler", cfg.train.scheduler, SCHEDULERS),
-        ("loss", cfg.train.loss, LOSSES),
-    ):
-        params = entry_params(section, registry)
-        target = d[key] if key == "model" else d["train"][key]
-        if params is not None:
-            target.update(params.model_dump(mode="json"))
-    return _drop_none(d)
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -426,13 +350,9 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _drop_none(x: Any) -> Any:
+def drop_none(x: Any) -> Any:
     if isinstance(x, dict):
-        return {k: _drop_none(v) for k, v in x.items() if v is not None}
+        return {k: drop_none(v) for k, v in x.items() if v is not None}
     if isinstance(x, list):
-        return [_drop_none(v) for v in x]
+        return [drop_none(v) for v in x]
     return x
-
-
-def dumps_toml(cfg: ExperimentConfig) -> str:
-    return tomli_w.dumps(resolved_dict(cfg))

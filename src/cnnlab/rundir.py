@@ -1,9 +1,18 @@
-"""The run directory: atomic file writes, layout, env.json, history.jsonl, checkpoints.
+"""The run directory's layout, named in one place, and the atomic writes every file goes through.
 
-Layout (``runs/<name>/<timestamp>/``): config.toml, env.json, run.json (status), splits.npz,
-history.jsonl, checkpoints/{last,best,epoch-NNNN}.pt, metrics.json, predictions/<split>.npz.
-Every file is written to a temporary file in the same folder and renamed over the target, so a
-crash or kill never leaves a half-written file behind.
+Layout of a run (``runs/<name>/<timestamp>/``)::
+
+    config.toml  env.json  run.json  .lock  splits.npz  history.jsonl  stats.jsonl
+    metrics.json  diagnostics.json  report.html  figures/
+    checkpoints/{best,last,epoch-NNNN}.pt  predictions/<split>.npz  evaluations/<stamp>.json
+    tensorboard/
+
+and of a sweep (``sweeps/<name>/<timestamp>/``): sweep.json, study.db, results.csv, ranking.md,
+best.toml, report.html, figures/, trials/<trial>/<timestamp>/ (run directories).
+
+Every file is written to a temporary file ``.<name>.<random>.tmp`` in the same folder, flushed to
+disk and renamed over the target, so a crash or kill never leaves a half-written file behind; a
+kill between the two can leave the temporary file, which :func:`remove_stray_temp_files` deletes.
 """
 
 from __future__ import annotations
@@ -11,43 +20,80 @@ from __future__ import annotations
 import io
 import json
 import os
-import platform
+import secrets
 import subprocess
-import sys
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from .errors import UserError
 
+# ------------------------------------------------------------------------------------ a run
 CONFIG = "config.toml"
-HISTORY = "history.jsonl"
-METRICS = "metrics.json"
+ENV = "env.json"
 STATUS = "run.json"
+LOCK = ".lock"
+SPLITS = "splits.npz"
+HISTORY = "history.jsonl"
+STATS = "stats.jsonl"
+METRICS = "metrics.json"
+DIAGNOSTICS = "diagnostics.json"
+REPORT = "report.html"
+FIGURES = "figures"
+CHECKPOINTS = "checkpoints"
+BEST = "best.pt"
+LAST = "last.pt"
+PREDICTIONS = "predictions"
+EVALUATIONS = "evaluations"
+TENSORBOARD = "tensorboard"
 
-# mkstemp creates 0600 files; written files get the usual permissions (0666 less the umask).
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+# ---------------------------------------------------------------------------------- a sweep
+SWEEP_JSON = "sweep.json"  # the marker file of a sweep directory
+SWEEP_RESULTS = "results.csv"
+SWEEP_BEST = "best.toml"
+SWEEP_RANKING = "ranking.md"
+SWEEP_STUDY = "study.db"
+SWEEP_TRIALS = "trials"
+
+# ------------------------------------------------------------------------------ a runs folder
+INDEX = "index.html"
+COMPARE = "compare.html"
+
+_TMP_SUFFIX = ".tmp"
 
 
+def epoch_checkpoint(epoch: int) -> str:
+    """The file name of the checkpoint kept every ``checkpoint.every`` epochs."""
+    return f"epoch-{epoch:04d}.pt"
+
+
+def prediction_file(split: str) -> str:
+    return f"{split}.npz"
+
+
+# ------------------------------------------------------------------------------ atomic writes
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file + fsync + rename (never a partial file)."""
+    """Write ``data`` to ``path`` via a temp file + fsync + rename (never a partial file). The file
+    gets the usual permissions (0666 less the process's umask, applied by the kernel)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{_TMP_SUFFIX}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -59,39 +105,27 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
-def atomic_torch_save(path: str | Path, obj: Any) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def atomic_savez(path: str | Path, **arrays: np.ndarray) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (no arbitrary unpickling); a missing, truncated
-    or foreign file raises a UserError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {str(path)!r} does not exist.")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, not a torch file, or a pickle with forbidden globals
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(
-            f"cannot read checkpoint {str(path)!r}: the file is truncated, corrupt or not a cnnlab "
-            f"checkpoint ({first[:200]}). Use another checkpoint (best.pt, last.pt or an epoch-NNNN.pt)."
-        ) from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise UserError(f"{str(path)!r} is a torch file but not a cnnlab checkpoint (no 'model' entry).")
-    return ckpt
+def remove_stray_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the ``.<name>.<random>.tmp`` files that a kill during an atomic write left in
+    ``folder`` and its subfolders; returns what was removed. Only for a folder no process writes
+    to now (a run about to be resumed holds its lock)."""
+    removed = []
+    for p in Path(folder).rglob(f".*{_TMP_SUFFIX}"):
+        if p.is_file() and p.name.count(".") >= 3:
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
+# ------------------------------------------------------------------------------- run folders
 def new_run_dir(runs_dir: str | Path, name: str) -> Path:
-    """Create ``runs_dir/name/<YYYYmmdd-HHMMSS>[-N]`` and its checkpoints folder."""
+    """Create ``runs_dir/name/<YYYYmmdd-HHMMSS>[-N]`` and its checkpoints and predictions folders."""
     base = Path(runs_dir) / name
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     for i in range(1000):
@@ -101,8 +135,10 @@ def new_run_dir(runs_dir: str | Path, name: str) -> Path:
             break
         except FileExistsError:
             continue
-    (d / "checkpoints").mkdir()
-    (d / "predictions").mkdir()
+    else:
+        raise UserError(f"cannot create a new run directory under {base}: 1000 exist for this second.")
+    (d / CHECKPOINTS).mkdir()
+    (d / PREDICTIONS).mkdir()
     return d
 
 
@@ -112,6 +148,7 @@ def is_run_dir(path: str | Path) -> bool:
 
 
 def require_run_dir(path: str | Path) -> Path:
+    """``path`` as a run directory, or a UserError saying what it is instead."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"run directory {str(p)!r} does not exist.")
@@ -121,6 +158,37 @@ def require_run_dir(path: str | Path) -> Path:
             f"written by `cnnlab run`, for example runs/<name>/<timestamp>."
         )
     return p
+
+
+def checkpoint_path(run_dir: Path, which: str) -> Path:
+    """The checkpoint a user means by ``which``: ``best`` (``last.pt`` when there is no best),
+    ``last``, or a path. A named checkpoint that does not exist is a UserError."""
+    named = {"best": BEST, "last": LAST}
+    if which not in named:
+        return Path(which)
+    p = run_dir / CHECKPOINTS / named[which]
+    if which == "best" and not p.exists():
+        p = run_dir / CHECKPOINTS / LAST
+    if not p.exists():
+        raise UserError(f"{run_dir} has no {named[which]} checkpoint (the run ended before its first epoch).")
+    return p
+
+
+# --------------------------------------------------------------------------------- reading
+def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """Rewrite history.jsonl whole (atomically): one JSON object per epoch, each epoch once."""
+    atomic_write_text(run_dir / HISTORY, "".join(json.dumps(h) + "\n" for h in history))
+
+
+def read_history(run_dir: Path) -> list[dict[str, Any]]:
+    p = Path(run_dir) / HISTORY
+    if not p.exists():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
 
 
 def git_commit(where: Path | None = None) -> str | None:
@@ -138,67 +206,3 @@ def git_commit(where: Path | None = None) -> str | None:
         return commit + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
     except Exception:
         return None
-
-
-def environment(seed: int, device: torch.device, world: Any = None) -> dict[str, Any]:
-    """What env.json records: enough to tell how and where the run was made. ``world``: the
-    :class:`cnnlab.distributed.World` of a data-parallel run (recorded as ``distributed``)."""
-    import torchvision
-
-    from . import __version__
-
-    from .distributed import LAUNCH_COMMAND_ENV
-
-    launched = os.environ.get(LAUNCH_COMMAND_ENV)  # set by `cnnlab run --devices N` for its workers
-    env = {
-        "seed": seed,
-        "command": json.loads(launched) if launched else sys.argv,
-        "cwd": os.getcwd(),
-        "cnnlab": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": np.__version__,
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "git_commit": git_commit(),
-        "started": datetime.now().isoformat(timespec="seconds"),
-    }
-    if world is not None and world.enabled:
-        env["distributed"] = {"world_size": world.size, "backend": world.backend}
-    return env
-
-
-def write_status(run_dir: Path, status: str, **extra: Any) -> None:
-    path = run_dir / STATUS
-    old = json.loads(path.read_text()) if path.exists() else {}
-    old.update(extra)
-    old["status"] = status
-    old["updated"] = datetime.now().isoformat(timespec="seconds")
-    atomic_write_json(path, old)
-
-
-def read_status(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((Path(run_dir) / STATUS).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    """Rewrite history.jsonl whole (atomically): one JSON object per epoch, each epoch once."""
-    atomic_write_text(run_dir / HISTORY, "".join(json.dumps(h) + "\n" for h in history))
-
-
-def read_history(run_dir: Path) -> list[dict[str, Any]]:
-    p = Path(run_dir) / HISTORY
-    if not p.exists():
-        return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
-

@@ -1,7 +1,12 @@
 """From a config to a finished run directory: data, model, training, evaluation, files.
 
-``run`` starts a run, ``resume`` continues one from ``checkpoints/last.pt``, ``evaluate`` measures
-a saved checkpoint on any split or data set, ``predict`` classifies image files.
+``run`` starts a run, ``resume`` continues one from ``checkpoints/last.pt`` (or trains a finished
+one further, when told how far). Evaluating a saved run is :mod:`cnnlab.inference`.
+
+The order is the run's lifecycle (:mod:`cnnlab.lifecycle`): everything that can fail on user input
+(config, data, model, transfer source, loggers, the process world) is checked before the run
+directory exists; once it exists, the process that writes it holds its lock, and every way out
+(completed, failed, interrupted by a signal) is recorded in ``run.json``.
 
 ``run`` and ``resume`` also run data-parallel (docs/distributed.md): under torchrun each process
 joins the process group and trains its share; ``[distributed] devices = N`` (or ``devices=N``)
@@ -11,34 +16,42 @@ directory; every collective is made by every process in the same order.
 
 from __future__ import annotations
 
+import errno
+import json
+import os
+import platform
 import sys
 import tempfile
 import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 from functools import cached_property
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
-from . import distributed as dist
 from . import rundir as rd
-from .augment import Normalizer
-from .callbacks import CALLBACKS, Callback, eval_weights
-from .config import ExperimentConfig, dumps_toml, load_config, resolved_dict, validate_config, apply_overrides
-from .distributed import World
-from .data import DataSplits, load_data, read_image_files
-from .engine import (DeviceSplit, Inference, Trainer, amp_dtype, epoch_steps, has_conv, predict as predict_probs,
-                     resolve_device, seed_everything)
-from .loggers import build_loggers, check_loggers, close_loggers, log_final
+from ._version import __version__
+from .config import ExperimentConfig, apply_overrides
+from .data import DataSplits, Normalizer, load_data
+from .diagnose import diagnose_after_run
 from .errors import RunFailure, UserError
-from .losses import build_loss
-from .metrics import classification_report, compute_metrics, top_k
-from .models import build_model, count_parameters
-from .optim import build_optimizer, build_scheduler
-from .stats import TrainingStats  # noqa: F401  (registers the "stats" callback)
-from .transfer import apply_transfer
+from .experiment import dumps_toml, load_config, resolved_dict, validate_config, with_overrides
+from .inference import load_model
+from .lifecycle import (Failure, Interrupted, Liveness, RunLock, RunStatus, Stop, StopReason, as_interrupted,
+                        interrupt_signals, is_disk_full, liveness, owner, read_status, status_of, write_status)
+from .metrics import classification_report, compute_metrics
+from .models import ImageClassifier, build_model, count_parameters
+from .report import build_loggers, check_loggers, close_loggers, log_final, report_after_run
+from .train import (CALLBACKS, Callback, DeviceSplit, Freezing, Trainer, World, amp_dtype, apply_transfer, build_loss,
+                    build_optimizer, build_scheduler, check_training_setup, epoch_steps, has_conv, load_checkpoint,
+                    prepare_process, resolve_device, seed_everything)
+from .train import distributed as dist
 
 
 def _say(msg: str, quiet: bool) -> None:
@@ -67,10 +80,10 @@ class Run:
 
     @property
     def status(self) -> dict[str, Any]:
-        return rd.read_status(self.dir)
+        return read_status(self.dir)
 
     @cached_property
-    def model(self) -> torch.nn.Module:
+    def model(self) -> ImageClassifier:
         """The model with the best checkpoint's weights (last.pt when there is no best.pt), eval mode."""
         return load_model(self.dir, "best")[0]
 
@@ -79,17 +92,30 @@ class Run:
 
 
 # ------------------------------------------------------------------------------------ setup
+@dataclass
+class _Parts:
+    """What a trainer is made of, built (and so checked) before the run directory exists."""
+
+    model: ImageClassifier
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    sched_monitor: str | None
+    freezing: Freezing | None
+    transfer_record: dict[str, Any]
+
+
 def _monitor(cfg: ExperimentConfig, has_val: bool) -> str:
     m = cfg.train.early_stopping.monitor
     # Without a validation split the val_* metrics do not exist: watch the training counterpart.
     return m.replace("val_", "train_") if not has_val else m
 
 
-def _build(cfg: ExperimentConfig, data: DataSplits, device: torch.device, run_dir: Path, quiet: bool,
-           extra_callbacks: list[Callback] | None = None, load_transfer: bool = True,
-           world: World | None = None) -> Trainer:
-    world = world or World()
-    quiet = quiet or not world.is_main
+def _assemble(cfg: ExperimentConfig, data: DataSplits, device: torch.device, world: World, quiet: bool,
+              load_transfer: bool) -> _Parts:
+    """Model (with data-dependent init and transfer), loss, optimizer and scheduler; every check on
+    user input that needs them fails here, before any file is written."""
+    check_training_setup(cfg, tuple(data.train.x.shape), world)
     k = len(data.class_names)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -98,37 +124,43 @@ def _build(cfg: ExperimentConfig, data: DataSplits, device: torch.device, run_di
         _say(f"warning: {w.message}", quiet)
     # Before freezing and the optimizer: they then see the SyncBatchNorm modules (same parameters).
     model = dist.convert_sync_batchnorm(model, world, cfg.distributed.sync_batchnorm, device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    if hasattr(model, "init_from_data"):
-        # Data-dependent initialisation (airbench's whitening layer), on the training images
-        # normalized like training batches; deterministic, and overwritten by a resumed checkpoint.
-        model.init_from_data(data.train.x, Normalizer(data.mean, data.std, torch.device("cpu")))
+    # Data-dependent initialisation (airbench's whitening layer), on the training images normalized
+    # like training batches; deterministic, and overwritten by a resumed checkpoint.
+    model.init_from_data(data.train.x, Normalizer(data.mean, data.std, torch.device("cpu")))
     # [transfer]: the source's weights (a new run only; a resume loads its own checkpoint), then freezing.
-    transfer_record = apply_transfer(model, cfg.transfer, load=load_transfer, download=cfg.data.download, quiet=quiet)
+    transfer = apply_transfer(model, cfg.transfer, load=load_transfer, download=cfg.data.download, quiet=quiet)
     model = model.to(device)
     if cfg.train.channels_last and has_conv(model):
         # channels_last (NHWC) is faster for convolutions on CUDA and with oneDNN on the CPU.
         model = model.to(memory_format=torch.channels_last)
-    counts = data.class_counts("train")
-    loss_fn = build_loss(cfg.train, counts).to(device)
-    optimizer = build_optimizer(model, cfg.train, cfg.transfer)
+    loss_fn = build_loss(cfg.train, data.class_counts("train")).to(device)
+    fixed = transfer.freezing.fixed if transfer.freezing is not None else frozenset()
+    optimizer = build_optimizer(model, cfg.train, cfg.transfer, fixed)
     scheduler, sched_monitor = build_scheduler(
         optimizer, cfg.train, epoch_steps(len(data.train), cfg.train.batch_size, world.size, cfg.train.drop_last))
-    es = cfg.train.early_stopping
+    if sched_monitor is not None and sched_monitor.startswith("val_") and data.val is None:
+        raise UserError(f"train.scheduler.monitor = {sched_monitor!r} needs a validation split, and this run has none "
+                        f"(data.val_fraction = 0); monitor train_loss or train_acc, or set data.val_fraction > 0.")
+    return _Parts(model, loss_fn, optimizer, scheduler, sched_monitor, transfer.freezing, transfer.record)
+
+
+def _trainer(cfg: ExperimentConfig, data: DataSplits, parts: _Parts, device: torch.device, run_dir: Path,
+             quiet: bool, world: World, extra_callbacks: list[Callback] | None = None) -> Trainer:
+    """The trainer with its callbacks, which write into ``run_dir`` (rank 0 only)."""
+    quiet = quiet or not world.is_main
+    es, dg, ema = cfg.train.early_stopping, cfg.diagnostics, cfg.train.ema
     monitor = _monitor(cfg, data.val is not None)
-    dg = cfg.diagnostics
-    ema = cfg.train.ema
     main = world.is_main  # callbacks that write files or print run in rank 0 only
+    model = parts.model
     callbacks: list[Callback] = [
         # The weight average: evaluation (val each epoch, the final metrics) uses it when it is on.
         *([CALLBACKS.get("ema")(model, ema.decay, ema.every, ema.mode, ema.ramp)] if ema.mode != "off" else []),
         # First: its record of an epoch must be in the state that the checkpoint callback saves.
         *([CALLBACKS.get("stats")(run_dir, dg.stats_every, dg.probe_size)] if dg.stats_every and main else []),
-        *([CALLBACKS.get("unfreeze_schedule")(model, cfg.transfer.unfreeze_schedule, quiet)]
-          if cfg.transfer.unfreeze_schedule else []),
+        *([CALLBACKS.get("unfreeze_schedule")(model, cfg.transfer.unfreeze_schedule, parts.freezing, quiet)]
+          if cfg.transfer.unfreeze_schedule and parts.freezing is not None else []),
         CALLBACKS.get("early_stopping")(monitor, es.mode, es.patience, es.min_delta),
-        *([CALLBACKS.get("checkpoint")(run_dir / "checkpoints", monitor, es.mode, cfg.checkpoint.every, es.min_delta),
+        *([CALLBACKS.get("checkpoint")(run_dir / rd.CHECKPOINTS, monitor, es.mode, cfg.checkpoint.every, es.min_delta),
            CALLBACKS.get("history")(run_dir),
            CALLBACKS.get("progress")(cfg.train.epochs, enabled=not quiet),
            # [log]: TensorBoard / MLflow; after the checkpoint callback (a resume repairs from its state).
@@ -138,12 +170,10 @@ def _build(cfg: ExperimentConfig, data: DataSplits, device: torch.device, run_di
     ]
     meta = {"class_names": list(data.class_names), "mean": list(data.mean), "std": list(data.std),
             "input_shape": list(data.input_shape), "model": cfg.model.name, "source": data.source}
-    trainer = Trainer(cfg, model, loss_fn, optimizer, scheduler, sched_monitor,
-                      DeviceSplit.of(data.train, device), DeviceSplit.of(data.val, device) if data.val else None,
-                      Normalizer(data.mean, data.std, device), callbacks, device, meta, counts, resolved_dict(cfg),
-                      world)
-    trainer.transfer_record = transfer_record
-    return trainer
+    return Trainer(cfg, model, parts.loss_fn, parts.optimizer, parts.scheduler, parts.sched_monitor,
+                   DeviceSplit.of(data.train, device), DeviceSplit.of(data.val, device) if data.val else None,
+                   Normalizer(data.mean, data.std, device), callbacks, device, meta,
+                   resolved_config=resolved_dict(cfg), world=world, freezing=parts.freezing)
 
 
 def _describe(cfg: ExperimentConfig, data: DataSplits, trainer: Trainer, run_dir: Path, quiet: bool) -> None:
@@ -153,6 +183,115 @@ def _describe(cfg: ExperimentConfig, data: DataSplits, trainer: Trainer, run_dir
     _say(f"data {cfg.data.dataset}: {len(data.class_names)} classes, {sizes}, images {tuple(data.input_shape)}", quiet)
     amp = "" if trainer.amp is None else f", autocast {str(trainer.amp).replace('torch.', '')}"
     _say(f"model {cfg.model.name}: {total:,} parameters ({trainable:,} trainable) on {trainer.device}{amp}", quiet)
+
+
+def environment(seed: int, device: torch.device, world: World | None = None) -> dict[str, Any]:
+    """What env.json records: enough to tell how and where the run was made."""
+    launched = os.environ.get(dist.LAUNCH_COMMAND_ENV)  # set by `cnnlab run --devices N` for its workers
+    env = {
+        "seed": seed,
+        "command": json.loads(launched) if launched else sys.argv,
+        "cwd": os.getcwd(),
+        "cnnlab": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": _package_version("torchvision"),  # without importing it (about a second)
+        "numpy": np.__version__,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "git_commit": rd.git_commit(),
+        "started": datetime.now().isoformat(timespec="seconds"),
+    }
+    if world is not None and world.enabled:
+        env["distributed"] = {"world_size": world.size, "backend": world.backend}
+    return env
+
+
+def _package_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def _resolve_config(config_or_path: str | Path | ExperimentConfig | dict,
+                    overrides: list[str] | dict[str, Any] | None, devices: int | None) -> ExperimentConfig:
+    if isinstance(config_or_path, ExperimentConfig):
+        cfg = with_overrides(config_or_path, overrides, "<config>")
+    elif isinstance(config_or_path, dict):
+        cfg = validate_config(apply_overrides(dict(config_or_path), overrides), "<dict>")
+    else:
+        cfg = load_config(config_or_path, overrides)
+    if devices is not None:
+        cfg = with_overrides(cfg, {"distributed.devices": devices}, "--devices")
+    return cfg
+
+
+# ------------------------------------------------------------------------------- the lifecycle
+@contextmanager
+def _recorded(run_dir: Path, world: World, epoch: Callable[[], int]) -> Iterator[None]:
+    """Every way out of a run whose directory exists is recorded in run.json (by rank 0): a signal
+    as ``interrupted`` (exit 128 + signal, with the command that continues it), a failure as
+    ``failed`` with its one-line reason (a full disk as a RunFailure, without a traceback). The
+    ``completed`` and the specific ``failed`` records are written by :func:`_train_and_finish`."""
+    main = world.is_main
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        intr = as_interrupted(e)
+        done = epoch()
+        msg = (f"interrupted by {intr.signal_name} after epoch {done}; checkpoints/last.pt holds the last completed "
+               f"epoch. Continue with: cnnlab resume {run_dir}") if done else \
+              (f"interrupted by {intr.signal_name} before the first epoch ended (no checkpoint yet). Start it again "
+               f"with: cnnlab run {run_dir / rd.CONFIG}")
+        if main:
+            _record(run_dir, RunStatus.INTERRUPTED, epoch=done, stop_reason=StopReason.INTERRUPTED,
+                    stop_message=f"interrupted by {intr.signal_name}", signal=intr.signal_name)
+        raise Interrupted(intr.signum, msg) from None
+    except RunFailure as e:
+        if main and status_of(read_status(run_dir)) is RunStatus.RUNNING:
+            _record(run_dir, RunStatus.FAILED, epoch=epoch(), error=Failure.EXCEPTION, message=_one_line(e))
+        raise
+    except UserError as e:  # not expected once the directory exists: every input check runs before
+        if main:
+            _record(run_dir, RunStatus.FAILED, epoch=epoch(), error=Failure.EXCEPTION, message=_one_line(e))
+        raise
+    except Exception as e:
+        if is_disk_full(e):
+            if main:
+                _record(run_dir, RunStatus.FAILED, epoch=epoch(), error=Failure.DISK_FULL, message=_one_line(e))
+            done = epoch()
+            raise RunFailure(f"the disk is full ({_one_line(e)}): the run stopped after epoch {done} and is recorded "
+                             f"as failed. Free some space, then continue with: cnnlab resume {run_dir}") from None
+        if main:
+            _record(run_dir, RunStatus.FAILED, epoch=epoch(), error=Failure.EXCEPTION,
+                    message=f"{type(e).__name__}: {_one_line(e)}")
+        raise
+
+
+def _record(run_dir: Path, status: RunStatus, **fields: Any) -> None:
+    """write_status that survives a full disk: the atomic write needs a new block for its temp file;
+    when there is none, run.json is rewritten in place (its old blocks are reused), a small risk of a
+    torn file being better than a run that says ``running`` for good."""
+    try:
+        write_status(run_dir, status, **fields)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        st = read_status(run_dir)
+        st.update({k: (v.value if isinstance(v, Enum) else v) for k, v in fields.items() if v is not None})
+        st["status"] = status.value
+        try:
+            (run_dir / rd.STATUS).write_text(json.dumps(st, indent=2) + "\n")
+        except OSError:
+            pass
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return (text or type(e).__name__)[:500]
 
 
 # --------------------------------------------------------------------------------- run/resume
@@ -165,16 +304,10 @@ def run(config_or_path: str | Path | ExperimentConfig | dict, overrides: list[st
     or ``["train.lr=0.01"]``. ``extra_callbacks``: more ``Callback`` objects for this run (for example
     a sweep's pruning hook). ``devices``: processes to train with on this machine (overrides
     ``distributed.devices``; ignored under torchrun, whose world is used). Raises UserError on bad
-    input and RunFailure when training fails.
+    input (always before the run directory exists), RunFailure when training fails, and
+    :class:`~cnnlab.lifecycle.Interrupted` on SIGINT, SIGTERM or SIGHUP.
     """
-    if isinstance(config_or_path, ExperimentConfig):
-        cfg = validate_config(apply_overrides(resolved_dict(config_or_path), overrides), "<config>")
-    elif isinstance(config_or_path, dict):
-        cfg = validate_config(apply_overrides(dict(config_or_path), overrides), "<dict>")
-    else:
-        cfg = load_config(config_or_path, overrides)
-    if devices is not None:
-        cfg = validate_config(apply_overrides(resolved_dict(cfg), {"distributed.devices": devices}), "--devices")
+    cfg = _resolve_config(config_or_path, overrides, devices)
     world = World.from_env()
     if world is None and cfg.distributed.devices > 1:
         if extra_callbacks:
@@ -183,33 +316,47 @@ def run(config_or_path: str | Path | ExperimentConfig | dict, overrides: list[st
                             "processes with torchrun.")
         return _launch_run(cfg, runs_dir, quiet)
     world = world or World()
-    device = world.device(resolve_device(cfg.train.device))
-    amp_dtype(cfg.train.precision, device)  # fail on a bad precision before loading any data
-    check_loggers(cfg)  # a missing logger package fails before the run directory exists
-    world.start(cfg.distributed, device)
-    seed_everything(cfg.seed, cfg.deterministic)
-    data = load_data(cfg.data, cfg.seed)
-    run_dir = world.from_main(lambda: _new_run_dir(cfg, data, device, runs_dir, world))
-    seed_everything(cfg.seed, cfg.deterministic)  # model init does not depend on how data loading used the RNG
-    trainer = _build(cfg, data, device, run_dir, quiet, extra_callbacks, world=world)
-    if trainer.transfer_record and world.is_main:  # where the weights came from, so a chain of runs can be traced back
-        env = rd.read_json(run_dir / "env.json")
-        env["transfer"] = trainer.transfer_record
-        rd.atomic_write_json(run_dir / "env.json", env)
-    _describe(cfg, data, trainer, run_dir, quiet or not world.is_main)
-    return _train_and_finish(cfg, data, trainer, run_dir, quiet)
+    with interrupt_signals():
+        device = world.device(resolve_device(cfg.train.device))
+        amp_dtype(cfg.train.precision, device)  # fail on a bad precision before loading any data
+        check_loggers(cfg)  # a missing logger package fails before the run directory exists
+        world.start(cfg.distributed, device)
+        prepare_process(device, cfg.train.threads)
+        seed_everything(cfg.seed, cfg.deterministic)
+        data = load_data(cfg.data, cfg.seed)
+        seed_everything(cfg.seed, cfg.deterministic)  # model init does not depend on how data loading used the RNG
+        parts = _assemble(cfg, data, device, world, quiet or not world.is_main, load_transfer=True)
+        run_dir = world.from_main(lambda: _new_run_dir(cfg, data, device, runs_dir, world, parts.transfer_record))
+        lock = RunLock(run_dir)
+        if world.is_main:
+            lock.acquire()
+        trainer: Trainer | None = None
+        try:
+            with _recorded(run_dir, world, lambda: trainer.epoch if trainer is not None else 0):
+                trainer = _trainer(cfg, data, parts, device, run_dir, quiet, world, extra_callbacks)
+                _describe(cfg, data, trainer, run_dir, quiet or not world.is_main)
+                return _train_and_finish(cfg, data, trainer, run_dir, quiet)
+        finally:
+            lock.release()
 
 
 def _new_run_dir(cfg: ExperimentConfig, data: DataSplits, device: torch.device, runs_dir: str | Path,
-                 world: World) -> Path:
+                 world: World, transfer_record: dict[str, Any]) -> Path:
     """Create the run directory with its first files (rank 0's job); returns its path."""
-    run_dir = rd.new_run_dir(runs_dir, cfg.name)
+    try:
+        run_dir = rd.new_run_dir(runs_dir, cfg.name)
+    except OSError as e:
+        raise UserError(f"cannot create a run directory under {str(Path(runs_dir))!r} ({_one_line(e)}); give a "
+                        f"writable folder with --runs-dir.") from None
     dist.report_run_dir(run_dir)
     rd.atomic_write_text(run_dir / rd.CONFIG, dumps_toml(cfg))
-    rd.atomic_savez(run_dir / "splits.npz", **data.indices())
-    rd.atomic_write_json(run_dir / "env.json", rd.environment(cfg.seed, device, world))
-    rd.write_status(run_dir, "running", name=cfg.name, dataset=cfg.data.dataset, model=cfg.model.name,
-                    started=datetime.now().isoformat(timespec="seconds"))
+    rd.atomic_savez(run_dir / rd.SPLITS, **data.indices())
+    env = environment(cfg.seed, device, world)
+    if transfer_record:  # where the weights came from, so a chain of runs can be traced back
+        env["transfer"] = transfer_record
+    rd.atomic_write_json(run_dir / rd.ENV, env)
+    write_status(run_dir, RunStatus.RUNNING, name=cfg.name, dataset=cfg.data.dataset, model=cfg.model.name,
+                 started=datetime.now().isoformat(timespec="seconds"), **owner())
     rd.write_history(run_dir, [])
     return run_dir
 
@@ -218,7 +365,7 @@ def _launch_run(cfg: ExperimentConfig, runs_dir: str | Path, quiet: bool) -> Run
     """``distributed.devices`` processes of ``cnnlab run`` on this machine, on the resolved config."""
     n = cfg.distributed.devices
     _check_devices(cfg, n)
-    with tempfile.TemporaryDirectory(prefix="cnnlab-launch-") as tmp:
+    with interrupt_signals(), tempfile.TemporaryDirectory(prefix="cnnlab-launch-") as tmp:
         path = Path(tmp) / "experiment.toml"
         path.write_text(dumps_toml(cfg))
         run_dir = dist.launch(["run", str(path), "--runs-dir", str(runs_dir), *(["-q"] if quiet else [])], n)
@@ -235,41 +382,98 @@ def _check_devices(cfg: ExperimentConfig, n: int) -> None:
                         f"use at most that many (one process per GPU), or several machines with torchrun.")
 
 
-def resume(run_dir: str | Path, quiet: bool = False, devices: int | None = None) -> Run:
-    """Continue an interrupted run from ``checkpoints/last.pt`` in the same directory.
+def _resumable(run_dir: Path, epochs: int | None) -> tuple[ExperimentConfig, dict[str, Any]] | None:
+    """The checks of ``resume`` that need no lock: the run's config and status, or None when there
+    is nothing to train (a completed run without ``--epochs``, said on stdout). Raises UserError for
+    a run being trained right now, one without a checkpoint, or a bad ``--epochs``."""
+    cfg = load_config(run_dir / rd.CONFIG)
+    st = read_status(run_dir)
+    status = status_of(st)
+    if epochs is not None and epochs < 1:
+        raise UserError(f"--epochs {epochs}: give the total number of epochs to train to (at least 1).")
+    if status is RunStatus.RUNNING and liveness(run_dir, st) is Liveness.LIVE:
+        raise UserError(f"{run_dir} is being trained right now by process {st.get('pid', '?')} on "
+                        f"{st.get('host', '?')}; wait for it to end, or stop it (Ctrl-C, or kill {st.get('pid', 'PID')}) "
+                        f"and resume then.")
+    if not (run_dir / rd.CHECKPOINTS / rd.LAST).exists():
+        raise UserError(f"{run_dir} has no {rd.CHECKPOINTS}/{rd.LAST}: it stopped before its first epoch ended; "
+                        f"start it again with `cnnlab run {run_dir / rd.CONFIG}`.")
+    if status is RunStatus.COMPLETED:
+        done = int(st.get("epoch") or len(rd.read_history(run_dir)))
+        if epochs is None or epochs == done:
+            why = st.get("stop_message") or st.get("stop_reason") or "it trained its planned epochs"
+            print(f"{run_dir} is completed after {done} epoch(s) ({why}); nothing to train. To train it further, "
+                  f"give the new total: cnnlab resume {run_dir} --epochs N (N > {done}).", flush=True)
+            return None
+    return cfg, st
+
+
+def resume(run_dir: str | Path, quiet: bool = False, devices: int | None = None, epochs: int | None = None) -> Run:
+    """Continue an interrupted (or failed, or stale) run from ``checkpoints/last.pt`` in the same
+    directory. A completed run trains nothing unless ``epochs`` says how far: then ``train.epochs``
+    becomes ``epochs`` (in config.toml too) and training continues, the learning-rate schedule
+    rebuilt for the new length and advanced to the checkpoint (docs: README, "Resume and extend").
 
     ``devices``: processes to continue with on this machine (default: the run's
     ``distributed.devices``); any number works, checkpoints do not depend on it. Under torchrun
     every process reads the run directory (on several machines: a shared file system)."""
     run_dir = rd.require_run_dir(run_dir)
-    last = run_dir / "checkpoints" / "last.pt"
-    if not last.exists():
-        raise UserError(f"{run_dir} has no checkpoints/last.pt: it stopped before its first epoch ended; "
-                        f"start it again with `cnnlab run {run_dir / rd.CONFIG}`.")
-    cfg = load_config(run_dir / rd.CONFIG)
+    checked = _resumable(run_dir, epochs)
+    if checked is None:
+        return Run(run_dir)
+    cfg, _ = checked
     if devices is not None and devices < 1:
         raise UserError(f"--devices {devices}: give a number of processes of at least 1.")
     world = World.from_env()
     n = devices if devices is not None else cfg.distributed.devices
     if world is None and n > 1:
         _check_devices(cfg, n)
-        dist.launch(["resume", str(run_dir), "--devices", str(n), *(["-q"] if quiet else [])], n)
+        with interrupt_signals():
+            dist.launch(["resume", str(run_dir), "--devices", str(n), *(["--epochs", str(epochs)] if epochs else []),
+                         *(["-q"] if quiet else [])], n)
         return Run(run_dir)
     world = world or World()
-    state = rd.load_checkpoint(last)
+    with interrupt_signals():
+        lock = RunLock(run_dir)
+        if world.is_main:
+            lock.acquire()  # from here on this process owns the run directory
+        try:
+            return _resume_locked(run_dir, cfg, quiet, world, epochs)
+        finally:
+            lock.release()
+
+
+def _resume_locked(run_dir: Path, cfg: ExperimentConfig, quiet: bool, world: World, epochs: int | None) -> Run:
+    state = load_checkpoint(run_dir / rd.CHECKPOINTS / rd.LAST)
+    done = int(state["epoch"])
+    extend = epochs is not None  # even to the planned length: a run stopped early trains on
+    if epochs is not None and epochs < done:
+        raise UserError(f"--epochs {epochs}: the run has already trained {done} epochs; give a larger total.")
+    if extend:
+        cfg = with_overrides(cfg, {"train.epochs": epochs}, f"{run_dir / rd.CONFIG} with --epochs")
     device = world.device(resolve_device(cfg.train.device))
     world.start(cfg.distributed, device)
+    prepare_process(device, cfg.train.threads)
     if world.is_main:
         dist.report_run_dir(run_dir)
     seed_everything(cfg.seed, cfg.deterministic)
     data = load_data(cfg.data, cfg.seed)
-    trainer = _build(cfg, data, device, run_dir, quiet, load_transfer=False, world=world)
-    trainer.load_state_dict(state)
-    if world.is_main:
-        rd.write_history(run_dir, trainer.history)  # drop lines of epochs after the checkpoint
-        rd.write_status(run_dir, "running", resumed_at_epoch=trainer.epoch, world_size=world.size)
-    _say(f"resuming {run_dir} after epoch {trainer.epoch}/{cfg.train.epochs}", quiet or not world.is_main)
-    return _train_and_finish(cfg, data, trainer, run_dir, quiet)
+    parts = _assemble(cfg, data, device, world, quiet or not world.is_main, load_transfer=False)
+    trainer: Trainer | None = None
+    with _recorded(run_dir, world, lambda: trainer.epoch if trainer is not None else done):
+        trainer = _trainer(cfg, data, parts, device, run_dir, quiet, world)
+        trainer.load_state_dict(state, extend=extend)
+        if world.is_main:
+            rd.remove_stray_temp_files(run_dir)  # a kill during an atomic write can leave one behind
+            if extend:
+                rd.atomic_write_text(run_dir / rd.CONFIG, dumps_toml(cfg))
+            rd.write_history(run_dir, trainer.history)  # drop lines of epochs after the checkpoint
+            write_status(run_dir, RunStatus.RUNNING, resumed_at_epoch=trainer.epoch, world_size=world.size,
+                         error=None, message=None, stop_reason=None, stop_message=None, signal=None, finished=None,
+                         **owner(), **({"extended_to": epochs} if extend else {}))
+        what = f"extending {run_dir} to {cfg.train.epochs} epochs" if extend else f"resuming {run_dir}"
+        _say(f"{what} after epoch {trainer.epoch}/{cfg.train.epochs}", quiet or not world.is_main)
+        return _train_and_finish(cfg, data, trainer, run_dir, quiet)
 
 
 def _train_and_finish(cfg: ExperimentConfig, data: DataSplits, trainer: Trainer, run_dir: Path, quiet: bool) -> Run:
@@ -280,16 +484,15 @@ def _train_and_finish(cfg: ExperimentConfig, data: DataSplits, trainer: Trainer,
         trainer.fit()
     except KeyboardInterrupt:
         close_loggers(trainer.callbacks, "KILLED")
-        if main:
-            rd.write_status(run_dir, "interrupted", epoch=trainer.epoch)
         raise
     except Exception as e:
         close_loggers(trainer.callbacks, "FAILED")
         _lost_contact(e, trainer, cfg, run_dir)
-    nan = trainer.stop_reason == "nan"
-    if trainer.stop_reason and not nan:
-        _say(trainer.stop_reason, quiet)
-    best = run_dir / "checkpoints" / "best.pt"
+    stop = trainer.stop or Stop(StopReason.MAX_EPOCHS)
+    nan = stop.reason is StopReason.NON_FINITE_LOSS
+    if stop.reason.is_early:
+        _say(str(stop), quiet)
+    best = run_dir / rd.CHECKPOINTS / rd.BEST
     failure: str | None = None
     metrics: dict[str, Any] | None = None
     try:
@@ -297,7 +500,7 @@ def _train_and_finish(cfg: ExperimentConfig, data: DataSplits, trainer: Trainer,
         has_best = world.from_main(best.exists)
         if (cfg.train.early_stopping.restore_best or nan) and has_best:
             if main:
-                state = rd.load_checkpoint(best)
+                state = load_checkpoint(best)
                 trainer.load_weights(state)  # the model's and the EMA average's
                 _say(f"restored the best weights (epoch {state['epoch']})", quiet)
             world.sync_state(trainer.model, trainer.eval_module)
@@ -306,6 +509,8 @@ def _train_and_finish(cfg: ExperimentConfig, data: DataSplits, trainer: Trainer,
                 metrics = _evaluate_all(trainer, data, run_dir)
             except RunFailure as e:
                 failure = str(e)
+    except KeyboardInterrupt:
+        raise
     except Exception as e:
         close_loggers(trainer.callbacks, "FAILED")
         _lost_contact(e, trainer, cfg, run_dir)
@@ -322,22 +527,19 @@ def _train_and_finish(cfg: ExperimentConfig, data: DataSplits, trainer: Trainer,
     epoch = trainer.history[-1]["epoch"] if trainer.history else 0
     if main:
         if nan or failure:
-            # error: "nan" = the training loss became NaN/inf; "non_finite_outputs" = the loss stayed
-            # finite but the final evaluation's outputs did not (message says on which split).
-            rd.write_status(run_dir, "failed", error="nan" if nan else "non_finite_outputs", epoch=epoch,
-                            **({"message": failure} if failure else {}))
+            # NON_FINITE_LOSS: the training loss became NaN/inf; NON_FINITE_OUTPUTS: the loss stayed
+            # finite but the final evaluation's outputs did not (the message says on which split).
+            write_status(run_dir, RunStatus.FAILED, error=Failure.NON_FINITE_LOSS if nan else Failure.NON_FINITE_OUTPUTS,
+                         epoch=epoch, stop_reason=stop.reason, stop_message=str(stop),
+                         message=failure or str(stop))
         if trainer.epoch > 0:
-            from .diagnose import diagnose_after_run
-
             diagnose_after_run(run_dir, quiet)  # writes diagnostics.json, prints warnings and errors
         if not (nan or failure):
-            rd.write_status(run_dir, "completed", epoch=trainer.epoch, stop_reason=trainer.stop_reason,
-                            train_seconds=round(sum(h["seconds"] for h in trainer.history), 3),
-                            finished=datetime.now().isoformat(timespec="seconds"))
+            write_status(run_dir, RunStatus.COMPLETED, epoch=trainer.epoch, stop_reason=stop.reason,
+                         stop_message=str(stop), train_seconds=round(sum(h["seconds"] for h in trainer.history), 3),
+                         finished=datetime.now().isoformat(timespec="seconds"))
         # The report and the loggers' final record once the status is final (the page shows it).
         if trainer.epoch > 0:
-            from .report import report_after_run
-
             report_after_run(run_dir, quiet, data)  # never raises; CNNLAB_REPORT=0 / [report] enabled = false skip it
         if metrics is not None and not (nan or failure):
             log_final(trainer.callbacks, metrics, run_dir)  # after report.html: MLflow keeps it as an artifact
@@ -361,7 +563,8 @@ def _lost_contact(e: Exception, trainer: Trainer, cfg: ExperimentConfig, run_dir
     if not (world.enabled and dist.is_peer_failure(e)):
         raise e
     if world.is_main:
-        rd.write_status(run_dir, "failed", error="lost contact with another process", epoch=trainer.epoch)
+        write_status(run_dir, RunStatus.FAILED, error=Failure.LOST_PEER, epoch=trainer.epoch,
+                     message="lost contact with another process")
     raise RunFailure(dist.peer_failure_message(world, e, cfg.distributed.timeout_s)
                      + f" Run directory: {run_dir}.") from None
 
@@ -371,8 +574,7 @@ def _evaluate_all(trainer: Trainer, data: DataSplits, run_dir: Path) -> dict[str
     With several processes the evaluation is sharded (every process gets all probabilities, so all
     agree on a failure) and rank 0 computes the metrics and writes; the others return {}."""
     out: dict[str, Any] = {}
-    for name in ("train", "val", "test"):
-        split = getattr(data, name)
+    for name, split in (("train", data.train), ("val", data.val), ("test", data.test)):
         if split is None or len(split.y) == 0:
             continue
         dev = DeviceSplit.of(split, trainer.device)
@@ -384,103 +586,6 @@ def _evaluate_all(trainer: Trainer, data: DataSplits, run_dir: Path) -> dict[str
             continue
         y = split.y.numpy()
         out[name] = compute_metrics(y, probs, data.class_names, loss)
-        rd.atomic_savez(run_dir / "predictions" / f"{name}.npz", y_true=y, y_prob=probs.astype(np.float32),
-                        index=split.index)
+        rd.atomic_savez(run_dir / rd.PREDICTIONS / rd.prediction_file(name), y_true=y,
+                        y_prob=probs.astype(np.float32), index=split.index)
     return out
-
-
-# ------------------------------------------------------------------------------ checkpoints
-def _checkpoint_path(run_dir: Path, which: str) -> Path:
-    named = {"best": "best.pt", "last": "last.pt"}
-    if which in named:
-        p = run_dir / "checkpoints" / named[which]
-        if which == "best" and not p.exists():
-            p = run_dir / "checkpoints" / "last.pt"
-        if not p.exists():
-            raise UserError(f"{run_dir} has no {named[which]} checkpoint (the run ended before its first epoch).")
-        return p
-    return Path(which)
-
-
-def load_model(run_dir: str | Path, which: str = "best", device: torch.device | None = None):
-    """(model in eval mode, checkpoint dict, config) for a run's checkpoint ``best``/``last``/a path."""
-    run_dir = rd.require_run_dir(run_dir)
-    path = _checkpoint_path(run_dir, which)
-    state = rd.load_checkpoint(path)
-    cfg = validate_config(state["config"], str(path)) if state.get("config") else load_config(run_dir / rd.CONFIG)
-    meta = state["meta"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = build_model(cfg.model, tuple(meta["input_shape"]), len(meta["class_names"]))
-    try:
-        model.load_state_dict(eval_weights(state))  # the EMA average when the run kept one
-    except RuntimeError as e:
-        raise UserError(f"checkpoint does not fit the run's model {cfg.model.name!r}: {str(e).splitlines()[0]}") from None
-    model.to(device or torch.device("cpu")).eval()
-    return model, state, cfg
-
-
-def evaluate(run_dir: str | Path, checkpoint: str = "best", overrides: list[str] | dict | None = None,
-             splits: list[str] | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Metrics of a saved checkpoint on the run's splits, or on another data set via ``overrides``
-    (``data.*`` keys). Normalization uses the run's own training statistics. Writes
-    ``evaluations/<timestamp>.json`` in the run directory and returns the metrics."""
-    run_dir = rd.require_run_dir(run_dir)
-    base = load_config(run_dir / rd.CONFIG)
-    cfg = validate_config(apply_overrides(resolved_dict(base), overrides), f"{run_dir / rd.CONFIG} with --set")
-    device = resolve_device(cfg.train.device)
-    model, state, _ = load_model(run_dir, checkpoint, device)
-    meta = state["meta"]
-    data = load_data(cfg.data, cfg.seed)
-    if len(data.class_names) != len(meta["class_names"]):
-        raise UserError(f"the data set has {len(data.class_names)} classes but the model was trained on "
-                        f"{len(meta['class_names'])}; choose a data set or class subset with the same classes.")
-    if tuple(data.input_shape) != tuple(meta["input_shape"]):
-        raise UserError(f"the data set's images are {tuple(data.input_shape)} but the model takes "
-                        f"{tuple(meta['input_shape'])}; set data.image_size to match.")
-    norm = Normalizer(meta["mean"], meta["std"], device)
-    loss_fn = build_loss(cfg.train, np.ones(len(meta["class_names"]))).to(device)
-    amp = amp_dtype(cfg.train.precision, device)
-    inf = Inference.of(model, cfg.train)  # channels_last, train.compile, train.threads as in training
-    out: dict[str, Any] = {}
-    for name in splits or ["train", "val", "test"]:
-        split = getattr(data, name, None)
-        if split is None:
-            continue
-        dev = DeviceSplit.of(split, device)
-        probs, loss = predict_probs(inf.model, dev, norm, cfg.train.eval_batch_size, amp, loss_fn,
-                                    channels_last=inf.channels_last, tta=cfg.train.tta, forward=inf.forward)
-        out[name] = compute_metrics(split.y.numpy(), probs, meta["class_names"], loss)
-    record = {"checkpoint": checkpoint, "epoch": state["epoch"], "overrides": overrides or [], "metrics": out}
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    rd.atomic_write_json(run_dir / "evaluations" / f"{stamp}.json", record)
-    if not quiet:
-        for name, m in out.items():
-            print(f"\n{name}: accuracy {m['accuracy']:.4f}  loss {m['loss']:.4f}  (n={m['n']})")
-            print(classification_report(m))
-    return out
-
-
-def predict(run_dir: str | Path, images: list[str], checkpoint: str = "best", k: int = 3,
-            quiet: bool = False) -> list[dict[str, Any]]:
-    """Class and top-k probabilities for each image file, preprocessed like the run's data."""
-    run_dir = rd.require_run_dir(run_dir)
-    model, state, cfg = load_model(run_dir, checkpoint)
-    meta = state["meta"]
-    c, h, w = meta["input_shape"]
-    x = read_image_files(list(images), c, (h, w))
-    norm = Normalizer(meta["mean"], meta["std"], torch.device("cpu"))
-    # Eager (no train.compile): a handful of images would not pay for a compilation.
-    inf = Inference.of(model, cfg.train.model_copy(update={"compile": False}))
-    probs, _ = predict_probs(inf.model, DeviceSplit(x, torch.zeros(len(x), dtype=torch.long)), norm, 256,
-                             channels_last=inf.channels_last, tta=cfg.train.tta)
-    names = meta["class_names"]
-    idx, p = top_k(probs, min(k, len(names)))
-    results = []
-    for path, row_i, row_p in zip(images, idx, p):
-        top = [{"class": names[i], "probability": float(q)} for i, q in zip(row_i, row_p)]
-        results.append({"image": str(path), "class": top[0]["class"], "probability": top[0]["probability"], "top": top})
-        if not quiet:
-            alts = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in top)
-            print(f"{path}: {top[0]['class']} ({alts})")
-    return results

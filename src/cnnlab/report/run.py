@@ -1,0 +1,589 @@
+"""The run report: one self-contained ``report.html`` per run directory.
+
+``write_report(run_dir)`` reads what a run directory holds (config.toml, env.json, run.json,
+history.jsonl, metrics.json, predictions/, stats.jsonl, diagnostics.json, the best checkpoint and,
+for the example images, the run's data set) and writes ``report.html`` beside it, with every
+figure inlined as a base64 PNG and also saved as ``figures/<key>.png`` (:mod:`cnnlab.report.html`).
+
+* Sections are entries of the ``SECTIONS`` registry, drawn in registration order; each is
+  ``fn(report: RunReport) -> Markup | None`` (None: nothing to show). A section that raises is
+  replaced by a visible note, so a failed or still-running run renders what exists.
+* Metrics are read from metrics.json (computed once by :mod:`cnnlab.metrics`), never recomputed.
+* Figures come from :mod:`cnnlab.report.plots` (one colorblind-safe style); the inside-the-model
+  figures from :mod:`cnnlab.report.explain`: any error there leaves the figure out with a note.
+* Findings of ``cnnlab diagnose`` fill the diagnostics section; ``FINDING_FIGURES`` is the hook
+  through which a check can add a figure to its finding.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import torch
+
+from .. import rundir as rd
+from ..config import flatten
+from ..data import DataSplits, Normalizer, load_data
+from ..errors import UserError
+from ..experiment import load_config
+from ..inference import load_model
+from ..lifecycle import read_status, stop_reason_of
+from ..models import count_parameters
+from ..registry import Registry
+from ..train import read_stats
+from .explain import gradient_flow_figures, model_figures
+from .html import Markup, Page, fmt, fmt_seconds, join, kv_table, note, table, tag
+from .plots import confusion_figure, curves_figure, image_grid_figure, roc_figure
+from .sweep import is_sweep_dir, write_sweep_report
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# Per-class tables longer than this fold into a <details> element (CIFAR-100: 100 rows per split),
+# and are cut at PER_CLASS_MAX_ROWS rows (the figures and metrics.json hold every class).
+PER_CLASS_OPEN_ROWS = 30
+PER_CLASS_MAX_ROWS = 200
+# Splits whose confusion matrices and ROC curves are drawn: the test split, the one a run is judged
+# by. Train and val get their tables: each split's two figures cost ~0.5 s of CPU, and the report
+# is written at the end of every run (sweeps included).
+FIGURE_SPLITS = ("test",)
+
+
+# =========================================================================================== HTML
+# ===================================================================================== run report
+SECTIONS: Registry[Callable[["RunReport"], "Markup | None"]] = Registry("report section")
+# Finding id (diagnostics.json) -> fn(report, finding dict) -> Figure | None: a figure drawn under
+# that finding in the diagnostics section. The hook through which a check illustrates itself.
+FINDING_FIGURES: Registry[Callable[["RunReport", dict], "Figure | None"]] = Registry("finding figure")
+
+
+class _Missing:
+    """A lazily loaded value that failed: the exception, kept so the load is tried once."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class RunReport:
+    """What the report's sections read: one run directory's files, loaded once; the data, the
+    model and the predictions on first use. ``page`` takes the figures."""
+
+    def __init__(self, run_dir: Path, page: Page, data: DataSplits | None = None):
+        self.dir, self.page = Path(run_dir), page
+        self.status: dict[str, Any] = read_status(self.dir)
+        self.env: dict[str, Any] = self._json(rd.ENV) or {}
+        self.metrics: dict[str, Any] = self._json(rd.METRICS) or {}
+        self.diagnostics: dict[str, Any] | None = self._json(rd.DIAGNOSTICS)
+        self.history = self._lines(lambda: rd.read_history(self.dir))
+        self.stats = self._lines(lambda: read_stats(self.dir))
+        self.config_text = (self.dir / rd.CONFIG).read_text(encoding="utf-8", errors="replace")
+        self.cfg = None
+        self.cfg_error: str | None = None
+        try:
+            self.cfg = load_config(self.dir / rd.CONFIG)
+        except Exception as e:  # an older or hand-edited config: the page still shows the files
+            self.cfg_error = str(e)
+        self._cache: dict[str, Any] = {}
+        if data is not None:
+            self._cache["data"] = data
+
+    # ------------------------------------------------------------------------- file reading
+    def _json(self, name: str) -> Any:
+        p = self.dir / name
+        try:
+            return rd.read_json(p) if p.exists() else None
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    @staticmethod
+    def _lines(read: Callable[[], list]) -> list:
+        try:
+            return read()
+        except (OSError, json.JSONDecodeError):  # a run killed mid-write of an older, non-atomic file
+            return []
+
+    def _lazy(self, key: str, load: Callable[[], Any]) -> Any:
+        """``load()`` once; its exception is kept and raised again on every later call."""
+        if key not in self._cache:
+            try:
+                self._cache[key] = load()
+            except Exception as e:
+                self._cache[key] = _Missing(e)
+        v = self._cache[key]
+        if isinstance(v, _Missing):
+            raise v.error
+        return v
+
+    # ---------------------------------------------------------------------------- accessors
+    @property
+    def name(self) -> str:
+        return str(self.status.get("name") or (self.cfg.name if self.cfg else self.dir.parent.name))
+
+    @property
+    def class_names(self) -> list[str]:
+        for m in self.metrics.values():
+            if isinstance(m, dict) and m.get("class_names"):
+                return [str(c) for c in m["class_names"]]
+        try:
+            return [str(c) for c in self.checkpoint_meta()["class_names"]]
+        except Exception:
+            return []
+
+    def predictions(self, split: str) -> dict[str, np.ndarray]:
+        """``predictions/<split>.npz`` as arrays: y_true (N,), y_prob (N, K), index (N,)."""
+        def load() -> dict[str, np.ndarray]:
+            with np.load(self.dir / rd.PREDICTIONS / rd.prediction_file(split)) as z:
+                return {k: z[k] for k in z.files}
+        return self._lazy(f"pred:{split}", load)
+
+    def model(self):
+        """(model in eval mode on the CPU, checkpoint dict, config) of the best checkpoint."""
+        def load():
+            return load_model(self.dir, "best", torch.device("cpu"))
+        return self._lazy("model", load)
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return self.model()[1]["meta"]
+
+    def data(self) -> DataSplits:
+        """The run's data splits, loaded as the run loaded them (no download; a relative data path
+        is also tried from the folder the run was started in)."""
+        def load():
+            if self.cfg is None:
+                raise UserError(f"config.toml does not load: {self.cfg_error}")
+            d = self.cfg.data.model_copy(update={"download": False})
+            cwd = self.env.get("cwd")
+            upd = {}
+            for key in ("path", "root"):
+                v = getattr(d, key)
+                if v and not Path(v).expanduser().is_absolute() and not Path(v).exists() and cwd \
+                        and (Path(cwd) / v).exists():
+                    upd[key] = str(Path(cwd) / v)
+            return load_data(d.model_copy(update=upd), self.cfg.seed)
+        return self._lazy("data", load)
+
+    def split_images(self, split: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(uint8 images (N, C, H, W) in the order of predictions/<split>.npz, the predictions).
+        Raises when the loaded data's rows are not the ones the run predicted."""
+        pred = self.predictions(split)
+        part = getattr(self.data(), split)
+        if part is None or not np.array_equal(np.asarray(part.index), pred["index"]):
+            raise RuntimeError(f"the {split} images loaded now are not the ones the run predicted "
+                               f"(the data set changed since the run)")
+        return part.x.numpy(), pred
+
+    def best_epoch(self) -> int | None:
+        """The epoch of the best checkpoint: the first best value of the monitored metric."""
+        if not self.history:
+            return None
+        es = self.cfg.train.early_stopping if self.cfg else None
+        monitor, mode = (es.monitor, es.mode) if es else ("val_loss", "min")
+        if not any(h.get(monitor) is not None for h in self.history):
+            monitor = monitor.replace("val_", "train_")  # no validation split: the runner watches train_*
+        pts = [(h[monitor], h["epoch"]) for h in self.history if h.get(monitor) is not None
+               and math.isfinite(h[monitor])]
+        if not pts:
+            return None
+        best = max(pts, key=lambda p: p[0]) if mode == "max" else min(pts, key=lambda p: p[0])
+        return next(e for v, e in pts if v == best[0])
+
+    def stop_epoch(self) -> int | None:
+        """The last epoch when early stopping ended the run, else None."""
+        reason = stop_reason_of(self.status)
+        if reason is not None and reason.is_early and self.history:
+            return int(self.history[-1]["epoch"])
+        return None
+
+    def train_seconds(self) -> float | None:
+        if self.status.get("train_seconds") is not None:
+            return float(self.status["train_seconds"])
+        secs = [h.get("seconds") for h in self.history if h.get("seconds") is not None]
+        return float(sum(secs)) if secs else None
+
+    def images_per_s(self) -> float | None:
+        v = [h["images_per_s"] for h in self.history if h.get("images_per_s")]
+        return float(np.mean(v)) if v else None
+
+
+def _split_sizes(run_dir: Path) -> dict[str, int]:
+    p = Path(run_dir) / rd.SPLITS
+    if not p.exists():
+        return {}
+    with np.load(p) as z:
+        return {k: int(z[k].shape[0]) for k in z.files}
+
+
+def parameter_count(run_dir: Path, report: RunReport | None = None) -> tuple[int, int] | None:
+    """(total, trainable) parameters of the run's model, built from its best checkpoint; None
+    when there is no checkpoint (the run stopped before its first epoch)."""
+    try:
+        model = (report.model() if report else _load_model_cpu(run_dir))[0]
+    except Exception:
+        return None
+    return count_parameters(model)
+
+
+def _load_model_cpu(run_dir: Path):
+    return load_model(run_dir, "best", torch.device("cpu"))
+
+
+# ----------------------------------------------------------------------------------- sections
+@SECTIONS.register("summary", summary="name, data, model, device, duration, final metrics")
+def section_summary(r: RunReport) -> Markup:
+    st, env, cfg = r.status, r.env, r.cfg
+    status = str(st.get("status", "unknown"))
+    if st.get("error"):
+        status += f" ({st['error']})"
+    elif st.get("stop_message") or st.get("stop_reason"):
+        status += f" ({st.get('stop_message') or st['stop_reason']})"
+    epochs = f"{r.history[-1]['epoch']}" if r.history else "0"
+    if cfg:
+        epochs += f" of {cfg.train.epochs}"
+    sizes = _split_sizes(r.dir)
+    names = r.class_names
+    params = parameter_count(r.dir, r)
+    try:
+        meta = r.checkpoint_meta()
+    except Exception:
+        meta = {}
+    device = env.get("device", "-") + (f" ({env['device_name']})" if env.get("device_name") else "")
+    best = r.best_epoch()
+    items: list[tuple[Any, Any]] = [
+        ("run", r.name),
+        ("status", status),
+        ("directory", str(r.dir)),
+        ("data set", (cfg.data.dataset if cfg else "-") + (f": {meta['source']}" if meta.get("source") else "")),
+        ("classes", f"{len(names)}: " + ", ".join(names[:20]) + (", ..." if len(names) > 20 else "") if names else "-"),
+        ("split sizes", ", ".join(f"{k} {v:,}" for k, v in sizes.items()) or "-"),
+        ("image shape", " x ".join(str(v) for v in meta["input_shape"]) + " (C x H x W)" if meta.get("input_shape") else "-"),
+        ("model", (cfg.model.name if cfg else str(st.get("model", "-")))),
+        ("parameters", f"{params[0]:,} ({params[1]:,} trainable)" if params else "-"),
+        ("device", device),
+        ("epochs run", epochs + (f"; best epoch {best}" if best else "")),
+        ("training time", fmt_seconds(r.train_seconds())
+         + (f", {r.images_per_s():,.0f} images/s (mean of epochs)" if r.images_per_s() else "")),
+        ("started", st.get("started", env.get("started", "-"))),
+        ("finished", st.get("finished", st.get("updated", "-"))),
+        ("seed", cfg.seed if cfg else env.get("seed", "-")),
+    ]
+    out = [kv_table(items)]
+    if r.cfg_error:
+        out.append(note(f"config.toml does not load with this cnnlab: {r.cfg_error}"))
+    if r.metrics:
+        rows = []
+        for split, m in r.metrics.items():
+            if not isinstance(m, dict) or "accuracy" not in m:
+                continue
+            mac = m.get("macro", {})
+            rows.append([split, fmt(m.get("n")), fmt(m["accuracy"]), fmt(m.get("loss")), fmt(mac.get("precision")),
+                         fmt(mac.get("recall")), fmt(mac.get("f1")), fmt(mac.get("auc"))])
+        out.append(tag("h3", "final metrics"))
+        out.append(table(["split", "images", "accuracy", "loss", "macro precision", "macro recall", "macro F1",
+                          "macro AUC"], rows))
+    else:
+        out.append(note("no metrics.json: the run has not finished its final evaluation (still running, "
+                        "interrupted, or failed before it)."))
+    return join(out)
+
+
+@SECTIONS.register("curves", summary="loss, accuracy and learning rate per epoch")
+def section_curves(r: RunReport) -> Markup:
+    if not r.history:
+        return note("no epoch has finished yet: history.jsonl is empty.")
+    best, stop = r.best_epoch(), r.stop_epoch()
+    fig = curves_figure(r.history, best, stop)
+    marks = []
+    if best:
+        marks.append(f"the dashed line marks the best epoch ({best}, whose weights best.pt holds)")
+    if stop:
+        marks.append(f"the dotted line the early stop after epoch {stop}")
+    caption = ("Loss and accuracy of the training split (as trained: augmented, dropout on) and the validation "
+               "split per epoch; the learning rate at each epoch's end. " + "; ".join(marks) + ("." if marks else ""))
+    return r.page.figure("curves", fig, caption)
+
+
+def _per_class_table(m: dict[str, Any]) -> Markup:
+    pc, names = m["per_class"], [str(c) for c in m["class_names"]]
+    k = len(names)
+    cols = ("precision", "recall", "specificity", "f1", "auc")
+    head = ["class", "precision", "recall (sensitivity)", "specificity", "F1", "AUC", "support"]
+    rows = [[names[i], *[fmt(pc[c][i]) for c in cols], fmt(pc["support"][i])] for i in range(min(k, PER_CLASS_MAX_ROWS))]
+    total = int(sum(pc["support"]))
+    avg = [[Markup(f"<b>{label} avg</b>"), *[fmt(m[label].get(c)) for c in cols], fmt(total)]
+           for label in ("macro", "weighted")]
+    t = table(head, rows + avg, cls="per-class")
+    extra = [note(f"the first {PER_CLASS_MAX_ROWS} of {k} classes are listed; metrics.json holds all.")] \
+        if k > PER_CLASS_MAX_ROWS else []
+    if k > PER_CLASS_OPEN_ROWS:
+        return tag("details", tag("summary", f"per-class metrics of {k} classes"), t, *extra)
+    return join([t, *extra])
+
+
+@SECTIONS.register("metrics", summary="per-class metrics, confusion matrices and ROC curves per split")
+def section_metrics(r: RunReport) -> Markup:
+    if not r.metrics:
+        return note("no metrics.json yet: the run has not finished its final evaluation.")
+    out: list[Any] = [tag("p", "Per class from the confusion matrix (rows: true class): precision = TP/(TP+FP), "
+                               "recall (sensitivity) = TP/(TP+FN), specificity = TN/(TN+FP), F1 = 2TP/(2TP+FP+FN), "
+                               "one-vs-rest ROC AUC from the predicted probabilities; support = true images of the "
+                               "class. Macro averages weight every class equally, weighted averages by support.")]
+    for split, m in r.metrics.items():
+        if not isinstance(m, dict) or "per_class" not in m:
+            continue
+        out.append(tag("h3", f"{split}: accuracy {fmt(m['accuracy'])}, {fmt(m.get('n'))} images"))
+        out.append(_per_class_table(m))
+        if split not in FIGURE_SPLITS:
+            continue
+        figs = [r.page.figure(f"confusion_{split}", confusion_figure(m["confusion_matrix"], m["class_names"]),
+                              f"{split} confusion matrix: counts, and each row divided by the class's support "
+                              f"(the diagonal is the recall of each class).")]
+        try:
+            pred = r.predictions(split)
+            figs.append(r.page.figure(f"roc_{split}", roc_figure(pred["y_true"], pred["y_prob"], m["class_names"],
+                                                                 m["per_class"].get("auc"), f"{split}: one-vs-rest ROC"),
+                                      f"{split} ROC curves, one class against the rest; AUC values from metrics.json "
+                                      f"(macro {fmt(m['macro'].get('auc'))})."))
+        except Exception as e:
+            figs.append(note(f"{split} ROC curves left out: {_why(e)}"))
+        out.extend(figs)
+    return join(out)
+
+
+def _why(e: BaseException) -> str:
+    """An exception as one short line for a note."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg[:300]}" if not isinstance(e, (UserError, FileNotFoundError)) else msg[:300] or type(e).__name__
+
+
+def _choose_examples(y: np.ndarray, prob: np.ndarray, n_wrong: int, per_class: int, n_right: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the most confidently wrong predictions (confidence = predicted class's probability,
+    highest first) and of correct ones: the ``per_class`` most confident of each class, at most
+    ``n_right`` in all, in class order."""
+    pred = prob.argmax(axis=1)
+    conf = prob[np.arange(len(y)), pred]
+    wrong = np.flatnonzero(pred != y)
+    wrong = wrong[np.argsort(-conf[wrong], kind="stable")][:n_wrong]
+    right: list[int] = []
+    for c in range(prob.shape[1]):
+        rows = np.flatnonzero((pred == y) & (y == c))
+        right.extend(rows[np.argsort(-conf[rows], kind="stable")][:per_class].tolist())
+        if len(right) >= n_right:
+            break
+    return wrong, np.asarray(right[:n_right], dtype=np.int64)
+
+
+def _examples_cfg(r: RunReport) -> tuple[int, int, int]:
+    rc = r.cfg.report if r.cfg else None
+    return (rc.examples, rc.explain_images, rc.probe_images) if rc else (16, 4, 256)
+
+
+@SECTIONS.register("examples", summary="the most confidently wrong test images and correct ones per class")
+def section_examples(r: RunReport) -> Markup | None:
+    n, _, _ = _examples_cfg(r)
+    if n == 0:
+        return None
+    split = "test"
+    if not (r.dir / rd.PREDICTIONS / rd.prediction_file(split)).exists():
+        return note("no test predictions yet: the run has not finished its final evaluation.")
+    try:
+        x, pred = r.split_images(split)
+    except Exception as e:
+        return note(f"example images left out: the run's images could not be loaded ({_why(e)}).")
+    y, prob = pred["y_true"], pred["y_prob"].astype(np.float64)
+    names = r.class_names
+    wrong, right = _choose_examples(y, prob, n, 2, n)
+    out = []
+    if len(wrong):
+        caps = [f"true {names[y[i]]}\npred {names[prob[i].argmax()]} {prob[i].max():.0%}" for i in wrong]
+        fig = image_grid_figure(x[wrong], [_short(c) for c in caps], [True] * len(wrong))
+        out.append(r.page.figure("examples_wrong", fig, f"The {len(wrong)} most confidently wrong test images "
+                                 f"(of {int((prob.argmax(1) != y).sum()):,} wrong): true class, predicted class and "
+                                 f"the predicted class's probability."))
+    else:
+        out.append(tag("p", "Every test image is classified correctly."))
+    if len(right):
+        caps = [f"{names[y[i]]}\n{prob[i].max():.0%}" for i in right]
+        fig = image_grid_figure(x[right], [_short(c) for c in caps], [False] * len(right))
+        out.append(r.page.figure("examples_right", fig, "Correct test images, the two most confident of each class "
+                                 "(in class order): class and its predicted probability."))
+    return join(out)
+
+
+def _short(caption: str, width: int = 18) -> str:
+    return "\n".join(line if len(line) <= width else line[: width - 1] + "…" for line in caption.split("\n"))
+
+
+def _explain_inputs(r: RunReport, k: int, probe_n: int):
+    """Images for the explanations: up to k test images, half the most confidently wrong, the rest
+    correct (one per class first), with their labels and predictions; and the probe batch (the
+    first ``probe_n`` training images)."""
+    x, pred = r.split_images("test")
+    y, prob = pred["y_true"], pred["y_prob"].astype(np.float64)
+    wrong, right = _choose_examples(y, prob, k // 2, 1, k)
+    rows = np.concatenate([wrong, right[: k - len(wrong)]]).astype(np.int64)
+    probe = r.data().train.x[:probe_n]  # uint8 (P, C, H, W) torch tensor, CPU
+    return torch.from_numpy(x[rows]), y[rows], prob[rows].argmax(axis=1), probe
+
+
+@SECTIONS.register("model", summary="feature maps, saliency, Grad-CAM, weights, activations, gradient flow")
+def section_model(r: RunReport) -> Markup | None:
+    _, k, probe_n = _examples_cfg(r)
+    out: list[Any] = []
+    if k > 0:
+        try:
+            model, state, _ = r.model()
+            meta = state["meta"]
+            images, labels, preds, probe = _explain_inputs(r, k, probe_n)
+            norm = Normalizer(meta["mean"], meta["std"], torch.device("cpu"))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                figs = model_figures(model, norm, images, labels, preds, list(meta["class_names"]), probe)
+            # explain leaves out a figure it cannot draw with a warning: show it on the page.
+            out.extend(note(str(w.message)) for w in caught if str(w.message).startswith("explain:"))
+            for mf in figs:
+                out.append(tag("h3", mf.title))
+                out.append(r.page.figure(mf.key, mf.figure, mf.caption, alt=mf.title))
+            if not figs:
+                out.append(note("this model gives no inside-the-model figures."))
+        except Exception as e:
+            out.append(note(f"feature maps, saliency and Grad-CAM, weight and activation distributions left out: "
+                            f"{_why(e)}"))
+    try:
+        if not r.stats:
+            out.append(note("no stats.jsonl: gradient flow was not recorded ([diagnostics] stats_every = 0, or no "
+                            "epoch finished)."))
+        else:
+            for mf in gradient_flow_figures(r.stats):
+                out.append(tag("h3", mf.title))
+                out.append(r.page.figure(mf.key, mf.figure, mf.caption, alt=mf.title))
+    except Exception as e:
+        out.append(note(f"gradient flow left out: {_why(e)}"))
+    return join(out) if out else None
+
+
+@SECTIONS.register("diagnostics", summary="the findings of cnnlab diagnose")
+def section_diagnostics(r: RunReport) -> Markup:
+    d = r.diagnostics
+    if d is None:
+        return note(f"no diagnostics.json: run `cnnlab diagnose {r.dir}` to write it.")
+    findings = d.get("findings", [])
+    counts = d.get("counts", {})
+    out: list[Any] = [tag("p", ", ".join(f"{n} {s}" for s, n in counts.items()) + f" (checked {d.get('created', '-')}; "
+                                f"`cnnlab diagnose` prints the same with its evidence)." if counts else "")]
+    if not findings:
+        out.append(tag("p", "No findings: nothing in this run's history, statistics or metrics looks wrong."))
+    for f in findings:
+        sev = str(f.get("severity", "info"))
+        parts: list[Any] = [
+            tag("p", tag("span", sev, class_="sev"), " ", tag("b", f.get("title", "")), " ", tag("code", f.get("id", ""))),
+            tag("p", tag("b", "evidence: "), f.get("evidence", "")),
+            tag("p", tag("b", "why: "), f.get("why", "")),
+        ]
+        if f.get("remedies"):
+            parts.append(tag("p", tag("b", "try:")))
+            parts.append(tag("ul", *[tag("li", x) for x in f["remedies"]]))
+        fid = str(f.get("id", ""))
+        if fid in FINDING_FIGURES:
+            try:
+                fig = FINDING_FIGURES.get(fid)(r, f)
+                if fig is not None:
+                    parts.append(r.page.figure(f"diagnostic_{fid}", fig, f.get("title", "")))
+            except Exception as e:
+                parts.append(note(f"figure left out: {_why(e)}"))
+        out.append(tag("div", *parts, class_=f"finding {sev}"))
+    return join(out)
+
+
+
+
+@SECTIONS.register("config", summary="the resolved config.toml and env.json")
+def section_config(r: RunReport) -> Markup:
+    env = [(k, json.dumps(v) if isinstance(v, (list, dict)) else ("-" if v is None else v))
+           for k, v in flatten(r.env).items()]
+    return join([
+        tag("p", "config.toml: the fully resolved experiment; ", tag("code", f"cnnlab run {r.dir / rd.CONFIG}"),
+            " repeats the run."),
+        tag("pre", r.config_text),
+        tag("h3", "environment (env.json)"),
+        kv_table(env) if env else note("no env.json."),
+    ])
+
+
+SECTION_TITLES = {"summary": "Summary", "curves": "Curves", "metrics": "Metrics", "examples": "Examples",
+                  "model": "Inside the model", "diagnostics": "Diagnostics", "config": "Config and environment"}
+
+
+def _draw_sections(ctx: Any, registry: Registry) -> list[tuple[str, str, Markup]]:
+    sections = []
+    for entry in registry:
+        try:
+            body = entry.obj(ctx)
+        except Exception as e:  # one broken section must not cost the page
+            body = note(f"this section could not be drawn: {_why(e)}")
+        if body is not None:
+            sections.append((entry.name, SECTION_TITLES.get(entry.name, entry.name.replace("_", " ").capitalize()), body))
+    return sections
+
+
+# ================================================================================== entry points
+def write_report(run_dir: str | Path, data: DataSplits | None = None, quiet: bool = True) -> Path:
+    """Write ``report.html`` (and ``figures/*.png``) in a run directory, or the sweep report in a
+    sweep directory; returns the page's path. ``data``: the run's splits when the caller has them
+    (saves loading the data set again). A folder that is neither raises a UserError."""
+    path = Path(run_dir)
+    if not path.exists():
+        raise UserError(f"{str(path)!r} does not exist; give a run directory (runs/<name>/<timestamp>) or a "
+                        f"sweep directory (sweeps/<name>/<timestamp>).")
+    if is_sweep_dir(path) and not rd.is_run_dir(path):
+        return write_sweep_report(path, quiet=quiet)
+    rd.require_run_dir(path)
+    page = Page("", path)
+    r = RunReport(path, page, data)
+    page.title = f"{r.name}: cnnlab run report"
+    page.subtitle = f"{path.resolve()}"
+    sections = _draw_sections(r, SECTIONS)
+    out = path / rd.REPORT
+    rd.atomic_write_text(out, page.render(sections))
+    # figures/ of a run directory holds this page's figures only: drop those an earlier report
+    # drew and this one did not (a section that now fails, fewer explain images), so the folder
+    # never shows a stale picture beside a new page. After the page: a crash keeps the old set.
+    for old in page.fig_dir.glob("*.png"):
+        if old.stem not in page.figure_keys:
+            old.unlink(missing_ok=True)
+    if not quiet:
+        print(f"report: {out}")
+    return out
+
+
+def reports_enabled() -> bool:
+    """False when the environment says ``CNNLAB_REPORT=0``: end-of-run and end-of-sweep reports off
+    for a whole session (the test suite, batch jobs) without editing experiment files;
+    ``cnnlab report DIR`` still draws one on demand."""
+    return os.environ.get("CNNLAB_REPORT", "").strip().lower() not in {"0", "false", "off", "no"}
+
+
+def report_after_run(run_dir: Path, quiet: bool, data: DataSplits | None = None) -> None:
+    """The end of ``cnnlab run``: write the report unless ``[report] enabled = false``. Never
+    raises (a finished run stays finished): a failure prints one warning line."""
+    if not reports_enabled():
+        return
+    try:
+        if not load_config(Path(run_dir) / rd.CONFIG).report.enabled:
+            return
+        path = write_report(run_dir, data=data, quiet=True)
+        if not quiet:
+            print(f"report: {path}", flush=True)
+    except Exception as e:
+        print(f"warning: report not written for {run_dir}: {_why(e)}", file=sys.stderr, flush=True)
+
+
+# =================================================================================== sweep report
+# results.csv columns that are not searched parameters (cnnlab.sweep._collect writes them).

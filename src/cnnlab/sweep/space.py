@@ -1,0 +1,464 @@
+"""What a sweep searches and how: the sweep file (``SweepConfig``), the searched keys (``Param``),
+the strategies that turn a file into stages of planned or adaptive trials (``STRATEGIES``), the
+Optuna samplers and pruners by name, the metric a sweep ranks by, and ``load_sweep``, which
+validates a sweep file against its base experiment into the ``SweepContext`` every worker gets.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..config import apply_overrides, flatten, parse_override, read_toml, validation_message
+from ..errors import RunFailure, UserError
+from ..experiment import load_config, validate_config
+from ..registry import Registry
+
+if TYPE_CHECKING:
+    import optuna
+
+# Metrics kept for every trial besides the sweep's own: the ranked table shows them.
+SUMMARY_METRICS = ("val.accuracy", "val.loss", "test.accuracy", "test.loss")
+# The per-epoch value (history.jsonl key) that pruning watches for a sweep metric.
+EPOCH_KEYS = {"val.accuracy": "val_acc", "val.loss": "val_loss", "train.accuracy": "train_acc", "train.loss": "train_loss"}
+METRIC_SPLITS = ("train", "val", "test")
+METRIC_KEYS = ("accuracy", "loss", "macro", "weighted", "per_class")
+
+HEARTBEAT_S = 5      # a running trial writes a heartbeat this often ...
+GRACE_S = 60         # ... and counts as dead (on any machine) after this long without one
+PLAN_WAIT_S = 120    # how long a worker waits for another worker to finish queueing a stage's plan
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RangeSpec(_Strict):
+    """``{low, high, log, step}``: an int range when low, high (and step) are integers."""
+
+    low: int | float
+    high: int | float
+    log: bool = False
+    step: int | float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "RangeSpec":
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0 (got {self.low})")
+        if self.log and self.step is not None and self.step != 1:
+            raise ValueError("a range cannot have both log = true and a step")
+        return self
+
+    @property
+    def is_int(self) -> bool:
+        return all(isinstance(v, int) and not isinstance(v, bool) for v in (self.low, self.high, self.step or 1))
+
+
+class StageConfig(_Strict):
+    """One stage of a ``sequential`` sweep: its own space, searched as a grid (or randomly)."""
+
+    name: str | None = None
+    strategy: str = "grid"
+    trials: int | None = Field(None, ge=1)
+    space: dict[str, Any] = Field(default_factory=dict)
+
+
+class SweepConfig(_Strict):
+    """The sweep file. Key paths (``train.lr``) may be written quoted or as TOML dotted keys."""
+
+    name: str = Field(min_length=1)
+    base: str = Field(description="the experiment file, relative to the sweep file")
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    strategy: str = "grid"
+    sampler: str = Field("tpe", description="the Optuna sampler of strategy = 'optuna'")
+    pruner: str = "none"
+    metric: str = "val.accuracy"
+    direction: Literal["maximize", "minimize"] = "maximize"
+    trials: int | None = Field(None, ge=1)
+    repeats: int = Field(1, ge=1, description="seeds per configuration (seed, seed+1, ...); ranked by the mean")
+    seed: int = Field(0, description="seed of the random plan and the sampler")
+    space: dict[str, Any] = Field(default_factory=dict)
+    stages: list[StageConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_name(self) -> "SweepConfig":
+        if "/" in self.name or "\\" in self.name or self.name in {".", ".."}:
+            raise ValueError("name must not contain path separators (it names the sweep directory)")
+        return self
+
+
+# ------------------------------------------------------------------------------ parameters
+_SCALARS = (bool, int, float, str)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched key. Choices that are not scalars (``[32, 64]``) are stored in the study as
+    their JSON text, because Optuna's categorical values must be scalars."""
+
+    key: str
+    choices: tuple | None = None
+    encoded: bool = False
+    spec: RangeSpec | None = None
+
+    def suggest(self, trial: "optuna.Trial") -> Any:
+        if self.choices is not None:
+            return trial.suggest_categorical(self.key, list(self.choices))
+        s = self.spec
+        if s.is_int:
+            return trial.suggest_int(self.key, int(s.low), int(s.high), step=int(s.step or 1), log=s.log)
+        return trial.suggest_float(self.key, float(s.low), float(s.high), step=s.step, log=s.log)
+
+    def distribution(self) -> "optuna.distributions.BaseDistribution":
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.choices is not None:
+            return CategoricalDistribution(list(self.choices))
+        s = self.spec
+        if s.is_int:
+            return IntDistribution(int(s.low), int(s.high), log=s.log, step=int(s.step or 1))
+        return FloatDistribution(float(s.low), float(s.high), log=s.log, step=s.step)
+
+    def grid(self, where: str) -> list:
+        if self.choices is not None:
+            return list(self.choices)
+        s = self.spec
+        if s.is_int:
+            return list(range(int(s.low), int(s.high) + 1, int(s.step or 1)))
+        if s.step is None:
+            raise UserError(f"{where}: space key {self.key!r} is a continuous range; a grid needs a list of "
+                            f"values or a range with a step ({{low, high, step}}).")
+        n = int(math.floor((s.high - s.low) / s.step + 1e-9))
+        return [round(s.low + i * s.step, 12) for i in range(n + 1)]
+
+    def decode(self, value: Any) -> Any:
+        return json.loads(value) if self.encoded else value
+
+    def check_values(self) -> list:
+        """The values that must each validate against the experiment: every choice, both ends."""
+        return [self.decode(c) for c in self.choices] if self.choices is not None else [self.spec.low, self.spec.high]
+
+
+
+
+def parse_space(space: dict[str, Any], where: str) -> list[Param]:
+    """``[space]`` -> Params. A leaf is a list of values or a ``{low, high, log, step}`` table."""
+    params: list[Param] = []
+
+    def walk(d: dict[str, Any], prefix: str) -> None:
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, list):
+                if not v:
+                    raise UserError(f"{where}: space key {key!r} has an empty list of values.")
+                if all(isinstance(c, _SCALARS) for c in v):
+                    params.append(Param(key, tuple(v)))
+                else:  # lists or tables as values: stored as JSON text
+                    params.append(Param(key, tuple(json.dumps(c) for c in v), encoded=True))
+            elif isinstance(v, dict) and ({"low", "high"} & set(v)):
+                try:
+                    params.append(Param(key, spec=RangeSpec.model_validate(v)))
+                except ValidationError as e:
+                    raise UserError(validation_message(e, where, f"space.{key}").replace(
+                        "invalid configuration", "invalid range")) from None
+            elif isinstance(v, dict):
+                walk(v, key + ".")
+            else:
+                raise UserError(f"{where}: space key {key!r} = {v!r}: expected a list of values "
+                                f"(\"{key}\" = [a, b]) or a range (\"{key}\" = {{low = 1e-4, high = 1e-1, log = true}}).")
+
+    walk(space, "")
+    if not params:
+        raise UserError(f"{where}: the search space is empty; give at least one key, for example "
+                        f"[space] \"train.lr\" = [1e-3, 1e-2].")
+    return params
+
+
+# ------------------------------------------------------------------------------ strategies
+@dataclass
+class Stage:
+    """A part of a sweep searched by one study: a single stage, or one link of a sequential chain."""
+
+    label: str                # "" for a single-stage sweep
+    params: list[Param]
+    plan: Callable[[list[Param], int | None, int, str], list[dict]] | None  # None: adaptive (Optuna sampler)
+    trials: int | None
+
+
+def plan_grid(params: list[Param], trials: int | None, seed: int, where: str) -> list[dict]:
+    """Every combination in file order (the first ``trials`` when that is smaller)."""
+    grids = [p.grid(where) for p in params]
+    combos = [dict(zip([p.key for p in params], c)) for c in itertools.product(*grids)]
+    return combos[:trials] if trials else combos
+
+
+def plan_random(params: list[Param], trials: int | None, seed: int, where: str) -> list[dict]:
+    """``trials`` random configurations, planned up front (random search does not adapt) so that any
+    number of workers run exactly these. A finite space is sampled without replacement."""
+    import optuna
+
+    if not trials:
+        raise UserError(f"{where}: random search needs trials = N (how many configurations to draw).")
+    try:
+        grid = plan_grid(params, None, seed, where)
+    except UserError:
+        grid = None  # a continuous range: sample freely
+    if grid is not None:
+        return random.Random(seed).sample(grid, min(trials, len(grid)))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    dists = {p.key: p.distribution() for p in params}
+    return [study.ask(dists).params for _ in range(trials)]
+
+
+class Strategy:
+    """A registry entry: how a sweep file becomes stages."""
+
+    def stages(self, cfg: SweepConfig, trials: int | None, where: str) -> list[Stage]:
+        raise NotImplementedError
+
+
+class SingleStage(Strategy):
+    def __init__(self, plan: Callable | None):
+        self.plan = plan
+
+    def stages(self, cfg: SweepConfig, trials: int | None, where: str) -> list[Stage]:
+        if cfg.stages:
+            raise UserError(f"{where}: [[stages]] belong to strategy = \"sequential\"; strategy = "
+                            f"{cfg.strategy!r} searches [space].")
+        params = parse_space(cfg.space, where)
+        if self.plan is None and not trials:
+            raise UserError(f"{where}: strategy = {cfg.strategy!r} needs trials = N (or --trials N).")
+        stage = Stage("", params, self.plan, trials)
+        if self.plan is not None:
+            self.plan(params, trials, cfg.seed, where)  # fail now on a grid that cannot be enumerated
+        return [stage]
+
+
+class Sequential(Strategy):
+    """Seed 000's scenario chain: stage k searches its own keys with the best values of stages
+    1..k-1 fixed. ``--trials`` caps every stage."""
+
+    def stages(self, cfg: SweepConfig, trials: int | None, where: str) -> list[Stage]:
+        if not cfg.stages:
+            raise UserError(f"{where}: strategy = \"sequential\" needs [[stages]], each with its own space.")
+        if cfg.space:
+            raise UserError(f"{where}: strategy = \"sequential\" searches the space of each [[stages]] "
+                            f"entry; move the top-level [space] keys into a stage.")
+        out, seen = [], set()
+        for i, st in enumerate(cfg.stages):
+            label = st.name or "abcdefghijklmnopqrstuvwxyz"[i % 26] + ("" if i < 26 else str(i))
+            if label in seen:
+                raise UserError(f"{where}: two stages are named {label!r}.")
+            seen.add(label)
+            strat = STRATEGIES.entry(st.strategy, f"{where} at stages[{i}].strategy").obj
+            if not isinstance(strat, SingleStage) or strat.plan is None:
+                raise UserError(f"{where}: stages[{i}].strategy must be grid or random (got {st.strategy!r}).")
+            swhere = f"{where} stage {label!r}"
+            params = parse_space(st.space, swhere)
+            n = min(x for x in (st.trials, trials) if x) if (st.trials or trials) else None
+            strat.plan(params, n, cfg.seed + i, swhere)
+            out.append(Stage(label, params, strat.plan, n))
+        keys = [p.key for s in out for p in s.params]
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        if dup:
+            raise UserError(f"{where}: {', '.join(dup)} searched in more than one stage.")
+        return out
+
+
+STRATEGIES: Registry = Registry("sweep strategy")
+STRATEGIES.add("grid", SingleStage(plan_grid), summary="every combination of the listed values")
+STRATEGIES.add("random", SingleStage(plan_random), summary="trials random configurations, planned up front")
+STRATEGIES.add("optuna", SingleStage(None), summary="an adaptive Optuna sampler (sampler = tpe by default)")
+STRATEGIES.add("sequential", Sequential(), summary="[[stages]] in order, each with the best of the ones before fixed")
+
+
+def _sampler(name: str) -> Callable[[int], Any]:
+    def build(seed: int):
+        import optuna
+
+        return getattr(optuna.samplers, name)(seed=seed)
+
+    return build
+
+
+def _cmaes(seed: int):
+    import optuna
+
+    try:
+        import cmaes  # noqa: F401  (CmaEsSampler needs it)
+    except ImportError:
+        raise UserError("sampler = \"cmaes\" needs the cmaes package: pip install cmaes.") from None
+    return optuna.samplers.CmaEsSampler(seed=seed)
+
+
+SAMPLERS: Registry = Registry("Optuna sampler")
+SAMPLERS.add("tpe", _sampler("TPESampler"), summary="Tree-structured Parzen Estimator (default)")
+SAMPLERS.add("random", _sampler("RandomSampler"), summary="independent random sampling")
+SAMPLERS.add("qmc", _sampler("QMCSampler"), summary="quasi-Monte Carlo (Sobol)")
+SAMPLERS.add("gp", _sampler("GPSampler"), summary="Gaussian-process Bayesian optimization")
+SAMPLERS.add("nsgaii", _sampler("NSGAIISampler"), summary="genetic algorithm")
+SAMPLERS.add("cmaes", _cmaes, summary="CMA-ES (needs the cmaes package)")
+
+
+def _pruner(name: str, **kw: Any) -> Callable[[], Any]:
+    def build():
+        import optuna
+
+        return getattr(optuna.pruners, name)(**kw)
+
+    return build
+
+
+PRUNERS: Registry = Registry("pruner")
+PRUNERS.add("none", _pruner("NopPruner"), summary="never prune")
+# One epoch of warmup: the first epoch's validation value says little about the last one.
+PRUNERS.add("median", _pruner("MedianPruner", n_startup_trials=3, n_warmup_steps=1),
+            summary="stop a trial whose value is below the median of earlier trials at the same epoch")
+PRUNERS.add("successive_halving", _pruner("SuccessiveHalvingPruner"), summary="asynchronous successive halving")
+PRUNERS.add("hyperband", _pruner("HyperbandPruner"), summary="Hyperband (several successive-halving brackets)")
+
+
+# ------------------------------------------------------------------------------ metrics
+def parse_metric(metric: str, where: str) -> list[str]:
+    parts = metric.split(".")
+    if len(parts) < 2 or parts[0] not in METRIC_SPLITS or parts[1] not in METRIC_KEYS or not all(parts):
+        raise UserError(f"{where}: metric = {metric!r} is not a metric; use <split>.<name> with split one of "
+                        f"{', '.join(METRIC_SPLITS)} and name one of {', '.join(METRIC_KEYS)}, for example "
+                        f"val.accuracy, val.loss, test.accuracy, val.macro.f1, val.per_class.<class>.f1.")
+    return parts
+
+
+def metric_value(metrics: dict[str, Any], metric: str) -> float:
+    node: Any = metrics
+    for p in metric.split("."):
+        if not isinstance(node, dict) or p not in node:
+            have = ", ".join(sorted(node)) if isinstance(node, dict) else "a value"
+            raise RunFailure(f"metric {metric!r} is not in metrics.json (at {p!r} it has: {have}).")
+        node = node[p]
+    if not isinstance(node, (int, float)):
+        raise RunFailure(f"metric {metric!r} is not a number in metrics.json.")
+    return float(node)
+
+
+@dataclass
+class SweepContext:
+    """Everything a worker needs; plain data so that it pickles into spawned worker processes."""
+
+    cfg: SweepConfig
+    source: str                   # the sweep file, for messages
+    base: Path                    # the experiment file, absolute
+    overrides: dict[str, Any]     # sweep overrides + --set, as key paths
+    base_seed: int
+    stages: list[Stage] = field(repr=False, default_factory=list)
+    fingerprint: str = ""
+    dir: Path = Path(".")
+    storage_url: str = ""
+    study_name: str = ""
+    workers: int = 1
+    quiet: bool = False
+
+    def stage_study(self, stage: Stage) -> str:
+        return f"{self.study_name}.{stage.label}" if stage.label else self.study_name
+
+    def decode(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Study values (JSON text for list choices) -> the values the experiment takes."""
+        params_by_key = {p.key: p for s in self.stages for p in s.params}
+        return {k: params_by_key[k].decode(v) if k in params_by_key else v for k, v in params.items()}
+
+
+def load_sweep(path: str | Path, overrides: list[str] | dict[str, Any] | None = None,
+               trials: int | None = None) -> SweepContext:
+    """Read and validate a sweep file against its base experiment. Raises UserError on bad input:
+    unknown keys, unknown strategy/sampler/pruner, an empty space, a bad range, a space key the
+    experiment does not have or a value it refuses, a bad metric."""
+    path = Path(path)
+    raw = read_toml(path)
+    where = str(path)
+    try:
+        cfg = SweepConfig.model_validate(raw)
+    except ValidationError as e:
+        raise UserError(validation_message(e, where).replace("invalid configuration", "invalid sweep file")) from None
+    if trials is not None and trials < 1:
+        raise UserError(f"--trials {trials}: must be at least 1.")
+    strategy = STRATEGIES.entry(cfg.strategy, f"{where} at strategy").obj
+    SAMPLERS.entry(cfg.sampler, f"{where} at sampler").obj(cfg.seed)  # builds it: fails early if unusable
+    PRUNERS.entry(cfg.pruner, f"{where} at pruner")
+    parse_metric(cfg.metric, where)
+    if cfg.pruner != "none" and cfg.metric not in EPOCH_KEYS:
+        raise UserError(f"{where}: pruner = {cfg.pruner!r} watches the metric epoch by epoch, which exists for "
+                        f"{', '.join(EPOCH_KEYS)} only (metric = {cfg.metric!r}).")
+    base = (path.parent / cfg.base).resolve()
+    if not base.is_file():
+        raise UserError(f"{where}: base = {cfg.base!r}: {base} does not exist (the path is relative to the sweep file).")
+
+    fixed = flatten(cfg.overrides)
+    if isinstance(overrides, dict):
+        fixed.update(overrides)
+    else:
+        fixed.update({".".join(k): v for k, v in (parse_override(o) for o in overrides or [])})
+    base_cfg = load_config(base, dict(fixed))  # the base with every fixed override must be valid
+    stages = strategy.stages(cfg, trials or cfg.trials, where)
+
+    # A space key must exist in the experiment and each of its values must be accepted there:
+    # apply each value alone to the base and validate (catches typos like train.lrr at once).
+    base_raw = apply_overrides(read_toml(base), dict(fixed))
+    for stage in stages:
+        for p in stage.params:
+            for v in p.check_values():
+                try:
+                    validate_config(apply_overrides(copy.deepcopy(base_raw), {p.key: v}), "<space>")
+                except UserError as e:
+                    msg = str(e).replace("invalid configuration in <space>: ", "")
+                    raise UserError(f"{where}: space key {p.key!r} = {v!r} does not fit the experiment "
+                                    f"{cfg.base}: {msg}") from None
+    ctx = SweepContext(cfg, where, base, fixed, base_cfg.seed, stages)
+    ctx.fingerprint = fingerprint_of(cfg, fixed, trials or cfg.trials, base_raw)
+    # A report per trial costs seconds (more than a short trial's training); the sweep gets its own
+    # report and `cnnlab report TRIAL_DIR` draws any trial's on demand. Trials keep their reports
+    # when the experiment or the sweep sets [report] explicitly. (After the fingerprint, so sweeps
+    # started before this default resume as the same sweep.)
+    if "report" not in read_toml(base) and not any(k.split(".")[0] == "report" for k in fixed):
+        ctx.overrides["report.enabled"] = False
+    return ctx
+
+
+def fingerprint_of(cfg: SweepConfig, fixed: dict[str, Any], trials: int | None, base_raw: dict) -> str:
+    # What defines the plan: the same command on the same files gives the same fingerprint, so a
+    # rerun finds its sweep directory and study; any change to them starts a new sweep.
+    blob = json.dumps({"sweep": cfg.model_dump(mode="json", exclude={"trials"}), "trials": trials,
+                       "fixed": fixed, "base": base_raw}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def say(ctx: SweepContext, msg: str) -> None:
+    if not ctx.quiet:
+        print(msg, flush=True)
+
+
+def fmt_params(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={fmt_value(v)}" for k, v in params.items())
+
+
+def fmt_value(v: Any) -> str:
+    if v is None:  # a key of a later stage: not searched yet, the experiment's own value applies
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+
+
+def pm(mean: float | None, std: float | None, repeats: int) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.4f} ± {std:.4f}" if repeats > 1 and std is not None else f"{mean:.4f}"

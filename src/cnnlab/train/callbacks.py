@@ -1,0 +1,289 @@
+"""Callbacks: everything optional in training lives here, behind five hooks.
+
+Hooks: ``on_fit_start(trainer)``, ``on_epoch_start(trainer)``, ``on_train_batch_end(trainer,
+step, steps)``, ``on_epoch_end(trainer, logs)``, ``on_fit_end(trainer)``. A callback with state
+implements ``state_dict`` / ``load_state_dict``; the trainer stores those in every checkpoint, so a
+resumed run continues exactly. The trainer itself never mentions early stopping: the callback
+calls ``trainer.request_stop`` with a :class:`~cnnlab.lifecycle.Stop`.
+
+Every callback class is registered in ``CALLBACKS``: those of this module here, the training
+statistics in :mod:`cnnlab.train.stats`, the unfreeze schedule in :mod:`cnnlab.train.transfer` and the
+loggers in :mod:`cnnlab.report.loggers`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import operator
+import sys
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+from ..errors import UserError
+from ..lifecycle import Stop, StopReason
+from ..registry import Registry
+from ..rundir import BEST, LAST, epoch_checkpoint, write_history
+from .checkpoints import save_checkpoint
+
+if TYPE_CHECKING:  # annotations only: the trainer imports this module
+    from .trainer import Trainer
+
+CALLBACKS: Registry = Registry("callback")
+
+# The comparison that counts as an improvement, by mode (Lightning's lookup-dict pattern).
+_BETTER = {"min": operator.lt, "max": operator.gt}
+
+
+class Callback:
+    """Base class with no-op hooks. ``holds_weights``: the callback's state includes model weights
+    that restoring the best epoch must load too (the EMA average)."""
+
+    holds_weights: bool = False
+
+    def on_fit_start(self, trainer: "Trainer") -> None: ...
+    def on_epoch_start(self, trainer: "Trainer") -> None: ...
+    def on_train_batch_end(self, trainer: "Trainer", step: int, steps: int) -> None: ...
+    def on_epoch_end(self, trainer: "Trainer", logs: dict[str, Any]) -> None: ...
+    def on_fit_end(self, trainer: "Trainer") -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class Monitor:
+    """Tracks the best value of one logged metric; ``min_delta`` is the smallest change that counts."""
+
+    def __init__(self, monitor: str, mode: str, min_delta: float = 0.0):
+        if mode not in _BETTER:
+            raise UserError(f"mode {mode!r} is not valid; use one of {', '.join(_BETTER)}.")
+        self.monitor, self.mode, self.min_delta = monitor, mode, min_delta
+        self.best: float | None = None
+        self.best_epoch = 0
+
+    def update(self, logs: dict[str, Any]) -> bool:
+        """True when this epoch's value improves on the best so far (and records it)."""
+        value = logs.get(self.monitor)
+        if value is None or not math.isfinite(value):
+            return False
+        delta = -self.min_delta if self.mode == "min" else self.min_delta
+        if self.best is None or _BETTER[self.mode](value, self.best + delta):
+            self.best, self.best_epoch = float(value), int(logs["epoch"])
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+
+
+@CALLBACKS.register("early_stopping")
+class EarlyStopping(Callback):
+    """Stop when the monitored metric has not improved by ``min_delta`` for ``patience`` epochs."""
+
+    def __init__(self, monitor: str, mode: str, patience: int, min_delta: float = 0.0):
+        self.tracker = Monitor(monitor, mode, min_delta)
+        self.patience = patience
+        self.wait = 0
+        self.stopped_epoch = 0
+
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        if self.stopped_epoch and trainer.stop is None:
+            # A run this callback had stopped trains on: the user extended it (cnnlab resume --epochs N).
+            # Count afresh, so it stops again after `patience` epochs without a new best.
+            self.wait, self.stopped_epoch = 0, 0
+
+    def on_epoch_end(self, trainer: "Trainer", logs: dict[str, Any]) -> None:
+        if self.tracker.update(logs):
+            self.wait = 0
+            return
+        self.wait += 1
+        if self.patience and self.wait >= self.patience:
+            self.stopped_epoch = int(logs["epoch"])
+            # No best yet when every value so far was missing or not finite (a NaN from epoch 1).
+            best = "none yet" if self.tracker.best is None else \
+                f"{self.tracker.best:.4g} at epoch {self.tracker.best_epoch}"
+            trainer.request_stop(Stop(StopReason.EARLY_STOPPING, f"early stopping: {self.tracker.monitor} has not "
+                                      f"improved for {self.patience} epochs (best {best})"))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"tracker": self.tracker.state_dict(), "wait": self.wait, "stopped_epoch": self.stopped_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tracker.load_state_dict(state["tracker"])
+        self.wait, self.stopped_epoch = state["wait"], state["stopped_epoch"]
+
+
+@CALLBACKS.register("checkpoint")
+class ModelCheckpoint(Callback):
+    """Writes ``best.pt`` when the monitored metric improves, ``last.pt`` every epoch and
+    ``epoch-NNNN.pt`` every ``every`` epochs, each atomically and each a full trainer state."""
+
+    def __init__(self, directory, monitor: str, mode: str, every: int = 0, min_delta: float = 0.0):
+        self.dir = directory
+        self.tracker = Monitor(monitor, mode, min_delta)
+        self.every = every
+
+    def on_epoch_end(self, trainer: "Trainer", logs: dict[str, Any]) -> None:
+        if trainer.stop is not None and trainer.stop.reason is StopReason.NON_FINITE_LOSS:
+            return  # never overwrite a good checkpoint with NaN weights
+        improved = self.tracker.update(logs)  # update first: the saved state includes this epoch
+        state = trainer.state_dict()
+        save_checkpoint(self.dir / LAST, state)
+        if improved:
+            save_checkpoint(self.dir / BEST, state)
+        if self.every and trainer.epoch % self.every == 0:
+            save_checkpoint(self.dir / epoch_checkpoint(trainer.epoch), state)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"tracker": self.tracker.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tracker.load_state_dict(state["tracker"])
+
+
+# How the decay grows over training, as a function of (decay, fraction of all steps done in [0, 1]).
+# cubic is airbench's lookahead schedule: a small decay early, when the weights move fast.
+EMA_RAMPS: dict[str, Callable[[float, float], float]] = {
+    "none": lambda decay, frac: decay,
+    "cubic": lambda decay, frac: decay * frac ** 3,
+}
+
+
+@CALLBACKS.register("ema")
+class WeightEMA(Callback):
+    """An exponential moving average of the model's floating-point state (weights and BatchNorm
+    running statistics), updated every ``every`` optimizer steps as
+    ``avg = decay * avg + (1 - decay) * current`` (integer buffers such as BatchNorm's step counter
+    are copied). Evaluation uses the average: the callback sets ``trainer.eval_module`` to a copy of
+    the model that holds it. ``lookahead`` also copies the average back into the trained model at
+    each update (airbench's Lookahead). The average is part of ``state_dict``, so checkpoints hold
+    both weight sets and a resumed run continues exactly."""
+
+    holds_weights = True  # trainer.load_weights (restore the best epoch) loads this state too
+
+    def __init__(self, model: torch.nn.Module, decay: float, every: int = 1, mode: str = "ema",
+                 ramp: str = "none"):
+        if mode not in ("ema", "lookahead"):
+            raise UserError(f"train.ema.mode = {mode!r}: use off, ema or lookahead.")
+        if ramp not in EMA_RAMPS:
+            raise UserError(f"train.ema.ramp = {ramp!r}: use one of {', '.join(EMA_RAMPS)}.")
+        self.model, self.decay, self.every, self.mode, self.ramp = model, decay, every, mode, ramp
+        self.average = copy.deepcopy(model).eval()  # same layout (and memory format) as the model
+        for p in self.average.parameters():
+            p.requires_grad_(False)
+        self.steps = 0  # optimizer steps seen since the start of the run (not reset by resume)
+        self.total_steps = 1  # of the whole run, set in on_fit_start (the ramp's denominator)
+        self._pair_tensors()
+
+    def _pair_tensors(self) -> None:
+        # state_dict() tensors share storage with the modules; load_state_dict copies in place, so
+        # these lists stay valid for the whole run. avg (float), cur (float), and integer pairs.
+        avg, cur = self.average.state_dict(keep_vars=False), self.model.state_dict(keep_vars=False)
+        floats = [k for k, v in cur.items() if v.is_floating_point()]
+        self._avg_f, self._cur_f = [avg[k] for k in floats], [cur[k] for k in floats]
+        self._ints = [(avg[k], cur[k]) for k, v in cur.items() if not v.is_floating_point()]
+
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        trainer.eval_module = self.average
+        self.total_steps = max(1, trainer.steps_per_epoch * trainer.t.epochs)
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer: "Trainer", step: int, steps: int) -> None:
+        self.steps += 1
+        if self.steps % self.every:
+            return
+        decay = EMA_RAMPS[self.ramp](self.decay, min(1.0, self.steps / self.total_steps))
+        torch._foreach_lerp_(self._avg_f, self._cur_f, 1.0 - decay)  # avg += (1 - decay) * (cur - avg)
+        for a, c in self._ints:
+            a.copy_(c)
+        if self.mode == "lookahead":
+            torch._foreach_copy_(self._cur_f, self._avg_f)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weights": self.average.state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.average.load_state_dict(state["weights"])
+        self.steps = int(state["steps"])
+
+
+def eval_weights(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The weights a checkpoint's run evaluated with: the EMA average when the run kept one, else
+    the model's own weights (``checkpoint["model"]``)."""
+    ema = checkpoint.get("callbacks", {}).get(WeightEMA.__name__)
+    return ema["weights"] if ema else checkpoint["model"]
+
+
+@CALLBACKS.register("history")
+class HistoryWriter(Callback):
+    """Rewrites ``history.jsonl`` after each epoch (after the checkpoint, so that a kill between the
+    two loses nothing: resume rewrites the file from the checkpoint's own copy)."""
+
+    def __init__(self, run_dir):
+        self.run_dir = run_dir
+
+    def on_epoch_end(self, trainer: "Trainer", logs: dict[str, Any]) -> None:
+        write_history(self.run_dir, trainer.history)
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def epoch_line(logs: dict[str, Any], epochs: int) -> str:
+    """One summary line for an epoch."""
+    return (
+        f"epoch {logs['epoch']:>3}/{epochs}  train loss {_fmt(logs['train_loss'], '.4f')} "
+        f"acc {_fmt(logs['train_acc'], '.4f')} | val loss {_fmt(logs.get('val_loss'), '.4f')} "
+        f"acc {_fmt(logs.get('val_acc'), '.4f')} | lr {logs['lr']:.2e} | "
+        f"{logs['images_per_s']:,.0f} img/s | {logs['seconds']:.1f}s"
+    )
+
+
+@CALLBACKS.register("progress")
+class Progress(Callback):
+    """A rich progress bar per epoch on a terminal (loss, accuracy, lr, images/s); one summary line
+    per epoch otherwise. The running loss is read at most ~20 times per epoch: each read is a
+    device sync."""
+
+    def __init__(self, epochs: int, enabled: bool = True, stream=None):
+        self.epochs = epochs
+        self.enabled = enabled
+        self.stream = stream or sys.stdout
+        self.tty = enabled and self.stream.isatty()
+        self._bar = None
+        self._task = None
+
+    def on_epoch_start(self, trainer: "Trainer") -> None:
+        if not self.tty:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
+
+        self._bar = Bar(TextColumn(f"epoch {trainer.epoch + 1}/{self.epochs}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), transient=True)
+        self._task = self._bar.add_task("train", total=trainer.steps_per_epoch, info="")
+        self._bar.start()
+
+    def on_train_batch_end(self, trainer: "Trainer", step: int, steps: int) -> None:
+        if self._bar is None:
+            return
+        every = max(1, steps // 20)
+        info = None
+        if (step + 1) % every == 0 or step + 1 == steps:
+            loss, acc = trainer.running_metrics()
+            info = f"loss {loss:.4f} acc {acc:.4f} lr {trainer.current_lr():.2e} {trainer.running_rate():,.0f} img/s"
+        self._bar.update(self._task, completed=step + 1, **({"info": info} if info else {}))
+
+    def on_epoch_end(self, trainer: "Trainer", logs: dict[str, Any]) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+        if self.enabled:
+            print(epoch_line(logs, self.epochs), file=self.stream, flush=True)

@@ -1,0 +1,38 @@
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.utils.class_weight import compute_class_weight
+
+from cnnlab.config import TrainConfig
+from cnnlab.train.losses import FocalLoss, build_loss, class_weight_tensor
+
+
+def test_focal_with_gamma_zero_is_cross_entropy():
+    logits, y = torch.randn(20, 5), torch.randint(0, 5, (20,))
+    torch.testing.assert_close(FocalLoss(0.0, None, 0.0)(logits, y), F.cross_entropy(logits, y))
+    w = torch.rand(5) + 0.5
+    torch.testing.assert_close(FocalLoss(0.0, w, 0.0)(logits, y), F.cross_entropy(logits, y, weight=w))
+    torch.testing.assert_close(FocalLoss(0.0, None, 0.1)(logits, y), F.cross_entropy(logits, y, label_smoothing=0.1))
+
+
+def test_focal_down_weights_easy_examples():
+    logits = torch.tensor([[5.0, 0.0], [0.2, 0.0]])
+    y = torch.tensor([0, 0])
+    per = [FocalLoss(2.0, None, 0.0)(logits[i:i + 1], y[i:i + 1]) / F.cross_entropy(logits[i:i + 1], y[i:i + 1])
+           for i in range(2)]
+    assert per[0] < per[1]
+
+
+def test_balanced_class_weights_match_sklearn():
+    y = np.array([0] * 50 + [1] * 30 + [2] * 5)
+    counts = np.bincount(y)
+    ours = class_weight_tensor("balanced", counts).numpy()
+    ref = compute_class_weight("balanced", classes=np.arange(3), y=y)
+    np.testing.assert_allclose(ours, ref, rtol=1e-6)
+
+
+def test_build_loss_uses_config():
+    t = TrainConfig.model_validate({"loss": {"name": "focal", "gamma": 1.5}, "class_weights": [1.0, 2.0]})
+    loss = build_loss(t, np.array([10, 10]))
+    assert isinstance(loss, FocalLoss) and loss.gamma == 1.5
+    assert torch.equal(loss.weight, torch.tensor([1.0, 2.0]))
