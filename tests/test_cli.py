@@ -89,6 +89,7 @@ def test_resume_a_directory_that_is_not_a_run(tmp_path, capsys):
     assert code == 2 and "does not exist" in err
 
 
+@pytest.mark.slow
 def test_real_process_exit_status_and_no_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "cnnlab", "run", write(tmp_path, "[train]\nepochs = -1\n")],
                        capture_output=True, text=True)

@@ -95,6 +95,7 @@ def _run_cli(args, **kw):
     return subprocess.run([sys.executable, "-m", "cnnlab", *args], capture_output=True, text=True, **kw)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_ends_like_an_uninterrupted_run(tmp_path):
     exp = tmp_path / "exp.toml"
     exp.write_text(
@@ -191,6 +192,7 @@ def test_evaluate_with_compile_gives_the_same_metrics(quickstart, monkeypatch):
     assert out["test"]["loss"] == pytest.approx(quickstart.metrics["test"]["loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_is_a_clear_error(quickstart, tmp_path):
     bad = tmp_path / "bad.pt"
     data = (quickstart.dir / "checkpoints" / "best.pt").read_bytes()
@@ -253,6 +255,7 @@ def test_run_writes_its_report_at_the_end_unless_switched_off(tmp_path, monkeypa
     assert not (off.dir / "report.html").exists()
 
 
+@pytest.mark.slow
 def test_git_commit_says_when_the_code_differs_from_the_commit(tmp_path):
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)

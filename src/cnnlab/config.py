@@ -197,7 +197,7 @@ class ReportConfig(Strict):
 
 # ----------------------------------------------------------------------------------------- log
 class LogConfig(Strict):
-    """``[log]``: loggers users already use, switched on here (src/cnnlab/loggers.py). Each logs every
+    """``[log]``: loggers users already use, switched on here (src/cnnlab/report/loggers.py). Each logs every
     numeric value of history.jsonl per epoch (step = epoch), the final metrics (``final/test_accuracy``,
     ...) and the test (else val) confusion matrix; a resumed run continues the same logs."""
 

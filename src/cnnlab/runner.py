@@ -195,7 +195,7 @@ def environment(seed: int, device: torch.device, world: World | None = None) -> 
         "cnnlab": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torchvision": _package_version("torchvision"),  # without importing it (about a second)
+        "torchvision": _package_version("torchvision"),  # from package metadata: the import is slow
         "numpy": np.__version__,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
@@ -263,8 +263,9 @@ def _recorded(run_dir: Path, world: World, epoch: Callable[[], int]) -> Iterator
             if main:
                 _record(run_dir, RunStatus.FAILED, epoch=epoch(), error=Failure.DISK_FULL, message=_one_line(e))
             done = epoch()
-            raise RunFailure(f"the disk is full ({_one_line(e)}): the run stopped after epoch {done} and is recorded "
-                             f"as failed. Free some space, then continue with: cnnlab resume {run_dir}") from None
+            raise RunFailure(f"the disk is full ({_one_line(e)}): the run stopped in epoch {done} and is recorded as "
+                             f"failed. Free some space, then continue from its last checkpoint with: cnnlab resume "
+                             f"{run_dir}") from None
         if main:
             _record(run_dir, RunStatus.FAILED, epoch=epoch(), error=Failure.EXCEPTION,
                     message=f"{type(e).__name__}: {_one_line(e)}")

@@ -17,6 +17,8 @@ from .browser import Browser, BrowserUnavailable  # noqa: E402
 from cnnlab.report.compare import write_compare  # noqa: E402
 from cnnlab.report import write_report, write_sweep_report  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a headless browser
+
 
 @pytest.fixture(scope="module")
 def browser():

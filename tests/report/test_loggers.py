@@ -262,6 +262,7 @@ def test_mlflow_run_ends_failed_after_nan_and_on_errors(tmp_path, mlflow_uri):
     assert client.get_run(t2.callbacks[0].run_id).info.status == "FAILED"
 
 
+@pytest.mark.slow
 @needs_mlflow
 def test_a_crashed_process_leaves_no_mlflow_run_running(tmp_path, mlflow_uri):
     run_dir = fake_run_dir(tmp_path, "crash")
@@ -302,6 +303,7 @@ def test_missing_package_is_a_user_error(monkeypatch):
     assert lg.build_loggers(validate_config({}, "<test>"), Path("runs/x/1")) == []  # nothing on: nothing needed
 
 
+@pytest.mark.slow
 def test_loggers_are_registered_and_imports_stay_lazy():
     from cnnlab.train.callbacks import CALLBACKS
 

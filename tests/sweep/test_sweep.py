@@ -85,6 +85,7 @@ train.batch_size = [32, 64]
 """
 
 
+@pytest.mark.slow
 def test_grid_with_two_workers(tmp_path, capsys):
     sweep = write_sweep(tmp_path, GRID8)
     code = main(["sweep", str(sweep), "--workers", "2", "--runs-dir", str(tmp_path / "sweeps")])
@@ -104,6 +105,7 @@ def test_grid_with_two_workers(tmp_path, capsys):
     assert run.metrics["test"]["accuracy"] > 0.3
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_without_repeating_or_losing_trials(tmp_path):
     body = GRID8.replace('name = "grid8"', 'name = "killme"').replace('"model.hidden_layers" = [1, 2]\n', "")
     body = body.replace("train.batch_size = [32, 64]", "train.batch_size = [16, 32, 64]")  # 6 configurations
@@ -190,6 +192,7 @@ def postgres_url():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_postgres_study(tmp_path, postgres_url):
     import json
 

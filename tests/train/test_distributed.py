@@ -30,6 +30,8 @@ from cnnlab.train.distributed import World
 from cnnlab.errors import UserError
 from cnnlab.train.stats import read_stats
 
+pytestmark = pytest.mark.slow  # several processes
+
 # A model without randomness in its forward (no dropout, no BatchNorm) and no augmentation: one
 # process and two compute the same updates. batch 100 leaves a short last batch (digits' 1,294
 # training images = 12 x 100 + 94), so the loss scaling of uneven shares is tested too.

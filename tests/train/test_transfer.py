@@ -84,6 +84,7 @@ def test_pattern_matching_nothing_lists_module_names(source, tmp_path):
                    runs_dir=tmp_path, quiet=True)
 
 
+@pytest.mark.slow
 def test_init_from_a_non_run_path_exits_2(tmp_path):
     (tmp_path / "notarun").mkdir()
     cfg = tmp_path / "t.toml"

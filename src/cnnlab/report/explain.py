@@ -13,7 +13,7 @@ model and a few chosen test images:
 * ``activations``: a histogram of each activation layer's outputs on ``probe`` training images.
 
 ``gradient_flow_figures(stats_records)`` draws the training statistics of ``stats.jsonl``
-(:mod:`cnnlab.stats`): ``gradient_flow`` (per-layer gradient norm and update-to-weight ratio, one
+(:mod:`cnnlab.train.stats`): ``gradient_flow`` (per-layer gradient norm and update-to-weight ratio, one
 line per recorded epoch) and ``activation_stats`` (per-layer activation mean, std and dead/saturated
 share, one line per recorded epoch).
 
@@ -51,8 +51,9 @@ from ..models import ImageClassifier
 from ..train.stats import activation_stat
 from .plots import HEATMAP_CMAP, OVERLAY_CMAP, PALETTE, figure, style
 
-# Cost caps: with them the whole model_figures call on digits (8x8) takes well under a second on
-# one core, and a ResNet-18 on 32x32 CIFAR images a few seconds (mostly the probe's forward pass).
+# Cost caps: they bound the images, blocks, channels, panels and sampled values a model_figures
+# call draws, so the inside-the-model figures stay cheap at the end of every run; for a large
+# model most of the time is the probe's forward pass (docs/report.md, "Cost").
 MAX_IMAGES = 8  # columns of the saliency / Grad-CAM figures
 MAX_FEATURE_IMAGES = 4  # columns of the feature-map figure (each cell is a mosaic of channels)
 MAX_BLOCKS = 6  # rows of the feature-map figure; evenly spaced blocks, the last always kept
@@ -345,8 +346,8 @@ def _histogram_grid(panels: list[tuple[str, np.ndarray]], xlabel: str, log_count
         ax.stairs(counts / values.size, edges, fill=True, color=PALETTE[0], alpha=0.85)
         if log_counts:
             ax.set_yscale("log")
-            # Few major and no minor ticks: matplotlib's default log ticks over 5+ decades cost
-            # seconds per figure to lay out, and a histogram needs only the order of magnitude.
+            # Few major and no minor ticks: matplotlib's default log ticks over 5+ decades are slow
+            # to lay out, and a histogram needs only the order of magnitude.
             ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(numticks=4))
             ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
             ax.yaxis.set_major_formatter(matplotlib.ticker.LogFormatter())  # "0.01", not mathtext 10^-2 (slow)
@@ -455,7 +456,7 @@ def _weights_figure(model: nn.Module, gen: torch.Generator, trainable: set[int])
 
 
 def _activations_figure(model: nn.Module, x_probe: torch.Tensor, gen: torch.Generator) -> ModelFigure | None:
-    """Hooks on the activation modules (those :mod:`cnnlab.stats` records; a module called several
+    """Hooks on the activation modules (those :mod:`cnnlab.train.stats` records; a module called several
     times per forward pass gets one panel per call, ``name#2``...), or on the conv blocks when the
     model has none of them; values sampled per chunk of probe images so each layer keeps at most
     MAX_VALUES."""
@@ -648,7 +649,7 @@ def _per_epoch_lines(axes_specs: list[tuple[str, bool, np.ndarray]], layers: lis
 
 
 def gradient_flow_figures(stats_records: list[dict]) -> list[ModelFigure]:
-    """From stats.jsonl records (cnnlab.stats; read its docstring and a real stats.jsonl from a run): per-layer
+    """From stats.jsonl records (cnnlab.train.stats; read its docstring and a real stats.jsonl from a run): per-layer
     gradient norms over training (gradient flow: layers on one axis, epochs as lines or a heatmap, log scale),
     and the activation statistics recorded during training (mean/std, dead-unit share per layer over epochs).
     Empty list when there are no records.

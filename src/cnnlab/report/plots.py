@@ -1,7 +1,8 @@
 """Figures for reports, comparisons and papers: one consistent, colorblind-safe matplotlib style.
 
 Every figure function returns a ``matplotlib.figure.Figure`` built with ``figure(...)`` (never
-``pyplot``'s global state, so figures can be drawn from worker threads and never leak);
+``pyplot``'s global state, so figures can be drawn from worker threads and never leak, and no
+backend is chosen: a notebook's own backend stays as it is; PNGs are rendered by Agg);
 ``save_png`` writes it atomically and ``png_bytes`` gives the PNG for inlining in HTML.
 
 Colors: the Okabe-Ito palette (distinguishable with every common color-vision deficiency) for
@@ -16,13 +17,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import matplotlib
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
-matplotlib.use("Agg")  # files only: no display is needed or wanted (CI, servers, worker threads)
-
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
-
-from ..rundir import atomic_write_bytes  # noqa: E402
+from ..rundir import atomic_write_bytes
 
 # Okabe & Ito (2008), "Color Universal Design": black excluded, it is kept for text and marks.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
@@ -66,7 +64,7 @@ def png_bytes(fig: Figure) -> bytes:
     """The figure as PNG bytes (for inlining in HTML as base64)."""
     buf = io.BytesIO()
     # A figure with a layout engine (every ``figure(...)``: constrained) already fits its canvas;
-    # savefig.bbox = "tight" would draw it a second time only to measure it (~30 % of the save).
+    # savefig.bbox = "tight" would draw it a second time only to measure it, slowing every save.
     fitted = fig.get_layout_engine() is not None
     with matplotlib.rc_context({**STYLE, "savefig.bbox": "standard"} if fitted else STYLE):
         fig.savefig(buf, format="png", dpi=DPI)
@@ -185,7 +183,7 @@ def confusion_figure(cm: Any, class_names: list[str], title: str = "") -> Figure
                         text = f"{v:d}" if values is cm else f"{v:.2f}"
                         # viridis is dark at the low end: white text there, black on the light end.
                         # in_layout=False: cell texts lie inside the axes, and measuring each of the
-                        # K*K of them for the layout would double the time the figure takes to save.
+                        # K*K of them for the layout would make the figure much slower to save.
                         ax.text(j, i, text, ha="center", va="center", fontsize=7 if k <= 10 else 5,
                                 color="white" if v < 0.6 * hi else "black", in_layout=False)
         if title:
@@ -239,7 +237,7 @@ def image_grid_figure(images: Any, captions: list[str], wrong: list[bool] | None
     caption is vermillion when ``wrong[i]``, blue otherwise. Small images are drawn with
     nearest-neighbour pixels (no blur).
 
-    The grid is one mosaic drawn on a single axes (one axes per image costs ~10x the time to lay
+    The grid is one mosaic drawn on a single axes (one axes per image is many times slower to lay
     out and save, and a report draws this at the end of every run)."""
     import numpy as np
 

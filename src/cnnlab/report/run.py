@@ -51,8 +51,8 @@ if TYPE_CHECKING:
 PER_CLASS_OPEN_ROWS = 30
 PER_CLASS_MAX_ROWS = 200
 # Splits whose confusion matrices and ROC curves are drawn: the test split, the one a run is judged
-# by. Train and val get their tables: each split's two figures cost ~0.5 s of CPU, and the report
-# is written at the end of every run (sweeps included).
+# by. Train and val get their tables only: each split's two figures cost CPU time (docs/report.md,
+# "Cost"), and the report is written at the end of every run (sweeps included).
 FIGURE_SPLITS = ("test",)
 
 

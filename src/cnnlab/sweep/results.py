@@ -20,7 +20,7 @@ from rich.table import Table
 from .. import rundir as rd
 from ..report import plots, reports_enabled, write_sweep_report
 from .space import SUMMARY_METRICS, SweepContext, fmt_value, pm, say
-from .storage import open_storage
+from .storage import REQUEUED, open_storage, was_requeued
 
 
 @dataclass
@@ -69,7 +69,7 @@ def _collect(ctx: SweepContext) -> tuple[list[dict[str, Any]], dict[str, list], 
             row["seconds"] = res.get("seconds")
             row["repeats"] = len(res.get("values", [])) or None
             row["run_dir"] = ";".join(res.get("run_dirs", []))
-            row["error"] = a.get("error", "" if t.state.name != "FAIL" else "interrupted")
+            row["error"] = a.get("error", "" if t.state.name != "FAIL" else REQUEUED)
             row["_config"] = a.get("config")
             rows.append(row)
     if not any(s.label for s in ctx.stages):
@@ -164,7 +164,7 @@ def _print_ranking(ctx: SweepContext, ranked: list[dict], keys: list[str], rows:
     print(f"results: {ctx.dir / rd.SWEEP_RESULTS}")
     if best is not None:
         print(f"best: {ctx.dir / rd.SWEEP_BEST}  (cnnlab run {ctx.dir / rd.SWEEP_BEST})")
-    failed = [r for r in rows if r["state"] == "fail" and r.get("error") and not r["error"].startswith("interrupted")]
+    failed = [r for r in rows if r["state"] == "fail" and not was_requeued(r.get("error"))]
     for r in failed[:5]:
         print(f"failed trial {r['trial']}: {r['error'][:200]}")
 

@@ -424,10 +424,10 @@ def load_sweep(path: str | Path, overrides: list[str] | dict[str, Any] | None = 
                                     f"{cfg.base}: {msg}") from None
     ctx = SweepContext(cfg, where, base, fixed, base_cfg.seed, stages)
     ctx.fingerprint = fingerprint_of(cfg, fixed, trials or cfg.trials, base_raw)
-    # A report per trial costs seconds (more than a short trial's training); the sweep gets its own
+    # A report per trial can cost more than a short trial's training; the sweep gets its own
     # report and `cnnlab report TRIAL_DIR` draws any trial's on demand. Trials keep their reports
-    # when the experiment or the sweep sets [report] explicitly. (After the fingerprint, so sweeps
-    # started before this default resume as the same sweep.)
+    # when the experiment or the sweep sets [report] explicitly. (Set after the fingerprint: it is
+    # derived from the files, so it must not change which sweep directory a rerun finds.)
     if "report" not in read_toml(base) and not any(k.split(".")[0] == "report" for k in fixed):
         ctx.overrides["report.enabled"] = False
     return ctx

@@ -29,6 +29,15 @@ HEARTBEAT_S = 5      # a running trial writes a heartbeat this often ...
 GRACE_S = 60         # ... and counts as dead (on any machine) after this long without one
 PLAN_WAIT_S = 120    # how long a worker waits for another worker to finish queueing a stage's plan
 
+# The error of a trial whose configuration was queued again (its worker died or was interrupted): a
+# failed trial whose error starts with it, or that has no error (Optuna failed it for a stopped
+# heartbeat), does not count toward the trial budget, and is not listed among the failures.
+REQUEUED = "interrupted"
+
+
+def was_requeued(error: str | None) -> bool:
+    return not error or error.startswith(REQUEUED)
+
 
 def open_storage(url: str) -> "optuna.storages.RDBStorage":
     import optuna
@@ -143,7 +152,7 @@ def reap(study: "optuna.Study") -> None:
         if not (mine or never):
             continue
         try:
-            storage.set_trial_user_attr(t._trial_id, "error", "interrupted: its worker died; the configuration was queued again")
+            storage.set_trial_user_attr(t._trial_id, "error", f"{REQUEUED}: its worker died; the configuration was queued again")
             if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
                 continue
         except UpdateFinishedTrialError:
@@ -172,7 +181,7 @@ def counts_toward_budget(t: "optuna.trial.FrozenTrial") -> bool:
     from optuna.trial import TrialState
 
     # Trials whose worker died were queued again: the retry counts, not them.
-    return not (t.state == TrialState.FAIL and str(t.user_attrs.get("error", "interrupted")).startswith("interrupted"))
+    return not (t.state == TrialState.FAIL and was_requeued(t.user_attrs.get("error")))
 
 
 def open_stage(ctx: SweepContext, storage, index: int, worker: int) -> tuple["optuna.Study", dict[str, Any]]:

@@ -21,13 +21,13 @@ import torch
 
 from .. import rundir as rd
 from ..errors import RunFailure, UserError
-from ..lifecycle import Stop, StopReason
+from ..lifecycle import Interrupted, Stop, StopReason, as_interrupted, interrupt_signals
 from ..runner import run as run_experiment
 from ..train import Callback
 from ..train.distributed import die_with_parent
 from .results import SweepResult, finalize
 from .space import EPOCH_KEYS, SUMMARY_METRICS, Stage, SweepContext, fmt_params, load_sweep, metric_value, pm, say
-from .storage import (Heartbeat, claim, counts_toward_budget, open_stage, open_storage, reap, requeue, safe_url,
+from .storage import (REQUEUED, Heartbeat, claim, counts_toward_budget, open_stage, open_storage, reap, requeue, safe_url,
                       sweep_dir)
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ def _run_trial(ctx: SweepContext, study: "optuna.Study", trial: "optuna.Trial", 
                     pruned = cb.pruned_at
                     break
         except KeyboardInterrupt:
-            trial.set_user_attr("error", "interrupted; the configuration was queued again")
+            trial.set_user_attr("error", f"{REQUEUED}; the configuration was queued again")
             study.tell(trial, state=TrialState.FAIL)
             requeue(study, study._storage.get_trial(trial._trial_id))
             raise
@@ -198,10 +198,17 @@ def sweep(path: str | Path, *, workers: int = 1, storage: str | None = None, tri
     open_storage(ctx.storage_url)  # fail on a bad URL before starting workers
     say(ctx, f"sweep {ctx.cfg.name} ({ctx.cfg.strategy}) in {ctx.dir}, study {ctx.study_name} at "
               f"{safe_url(ctx.storage_url)}, {workers} worker{'s' if workers > 1 else ''}")
-    if workers == 1:
-        _work(ctx, 0)
-    else:
-        _spawn(ctx, workers)
+    try:
+        with interrupt_signals():
+            if workers == 1:
+                _work(ctx, 0)
+            else:
+                _spawn(ctx, workers)
+    except KeyboardInterrupt as e:
+        intr = as_interrupted(e)
+        raise Interrupted(intr.signum, f"sweep interrupted by {intr.signal_name}; a trial in progress was queued again. "
+                                       f"Continue with the same command (cnnlab sweep {path}); finished trials are "
+                                       f"kept.") from None
     return finalize(ctx)
 
 
@@ -216,8 +223,11 @@ def _spawn(ctx: SweepContext, workers: int) -> None:
     try:
         for p in procs:
             p.join()
-    except KeyboardInterrupt:
-        for p in procs:  # they got the SIGINT too; give them time to requeue their trials
+    except KeyboardInterrupt as e:
+        if as_interrupted(e).signum != signal.SIGINT:  # Ctrl-C reaches the whole process group; others not
+            for p in procs:
+                p.terminate()
+        for p in procs:  # give them time to requeue their trials
             p.join(timeout=30)
         raise
     bad = [(i, p.exitcode) for i, p in enumerate(procs) if p.exitcode != 0]

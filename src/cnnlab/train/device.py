@@ -65,9 +65,9 @@ def keep_freed_host_memory() -> bool:
 
     Why: glibc returns every block above its mmap threshold (at most 32 MiB) to the kernel when it
     is freed, and the next batch page-faults the same memory back in, zero-filled. The conv
-    activations of a large evaluation batch are such blocks, so evaluation spent much of its time
-    in page faults (docs/performance.md has the measurements). jemalloc or tcmalloc through
-    LD_PRELOAD avoid this too, but only when set before the process starts; glibc's own
+    activations of a large evaluation batch are such blocks, so without this setting evaluation
+    spends much of its time in page faults (measured: docs/performance.md). jemalloc or tcmalloc
+    through LD_PRELOAD avoid this too, but only when set before the process starts; glibc's own
     ``mallopt`` does it from inside. The cost: the process keeps its peak heap until it exits."""
     global _host_tuned
     if _host_tuned is not None:

@@ -155,7 +155,8 @@ class Inference:
     def of(cls, model: ImageClassifier, train_cfg: TrainConfig) -> "Inference":
         channels_last = bool(train_cfg.channels_last) and has_conv(model)
         if channels_last:
-            # oneDNN's NHWC convolutions: 1.7x the NCHW speed on the 2-core development CPU.
+            # channels_last (NHWC) is faster for convolutions with oneDNN on the CPU and on CUDA
+            # (docs/performance.md).
             model = model.to(memory_format=torch.channels_last)
         model.eval()
         return cls(model, CheckedForward(model) if train_cfg.compile else None, channels_last)

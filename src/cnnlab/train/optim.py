@@ -27,8 +27,8 @@ SCHEDULERS: Registry = Registry("scheduler")
 # -------------------------------------------------------------------------------- optimizers
 def _fused(cls: type[torch.optim.Optimizer], params, **kw) -> torch.optim.Optimizer:
     """``cls(params, fused=True, **kw)`` where this torch and device support it, else the default
-    (foreach) implementation. The fused kernel updates all parameters in one pass: the seed 002
-    MLP trains 1.6x faster with fused Adam on 2 CPU cores (28k vs 17k images/s, torch 2.14)."""
+    (foreach) implementation. The fused kernel updates all parameters in one pass, which makes the
+    optimizer step faster (measured on the seed 002 MLP: docs/performance.md)."""
     params = list(params)
     try:
         return cls(params, fused=True, **kw)

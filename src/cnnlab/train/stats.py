@@ -39,7 +39,8 @@ if TYPE_CHECKING:  # annotations only: the trainer imports the callbacks' base m
     from .trainer import Trainer
 
 # The probe batch is at most this share of the training split: on a small data set (digits: 1,293
-# training images) 256 probe images would cost ~7 % of an epoch; a tenth keeps it near 2 %.
+# training images) 256 probe images would be a sizeable share of an epoch's work; a tenth keeps
+# the statistics' cost small (docs/diagnostics.md).
 PROBE_MAX_SHARE = 0.1
 
 # A unit counts as saturated when its output lies within this share of the activation's range
