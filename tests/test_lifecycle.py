@@ -20,8 +20,8 @@ import cnnlab
 from cnnlab import rundir as rd
 from cnnlab.cli import main
 from cnnlab.errors import UserError
-from cnnlab.lifecycle import (Liveness, RunLock, RunStatus, StopReason, liveness, read_status, shown_status,
-                              stop_reason_of, write_status)
+from cnnlab.lifecycle import (Interrupted, Liveness, RunLock, RunStatus, StopReason, liveness, read_status,
+                              shown_status, stop_reason_of, write_status)
 from cnnlab.train import Callback, load_checkpoint
 
 # Deterministic and small: a few hundredths of a second per epoch on 2 CPU cores, so a signal sent
@@ -176,8 +176,8 @@ def test_a_full_disk_fails_the_run_with_its_reason_and_no_traceback(experiment, 
     run_dir = next((tmp_path / "life").iterdir())
     st = read_status(run_dir)
     assert st["status"] == "failed" and st["error"] == "disk_full" and "No space left" in st["message"]
-    assert st["epoch"] == 2  # epoch 2 trained; its checkpoint could not be written
-    assert load_checkpoint(run_dir / rd.CHECKPOINTS / rd.LAST)["epoch"] == 1
+    # Epoch 2 trained, but its checkpoint could not be written: the record says what last.pt holds.
+    assert st["epoch"] == 1 == load_checkpoint(run_dir / rd.CHECKPOINTS / rd.LAST)["epoch"]
     # With space again, the run continues from its last checkpoint.
     res = _cli("resume", str(run_dir), "-q")
     assert res.returncode == 0, res.stderr
@@ -248,7 +248,8 @@ def test_resume_epochs_extends_a_completed_run_like_a_run_planned_that_long(tmp_
         assert [h[key] for h in hist] == [h[key] for h in ref], key
     assert short.metrics == long.metrics
     st = read_status(short.dir)
-    assert st["status"] == "completed" and st["epoch"] == 5 and st["extended_to"] == 5
+    assert st["status"] == "completed" and st["epoch"] == 5
+    assert [(e["from_epoch"], e["to_epochs"]) for e in st["extensions"]] == [(3, 5)]
     assert short.config.train.epochs == 5  # config.toml says how far the run now goes
     with pytest.raises(UserError, match="already trained 5 epochs"):
         cnnlab.resume(short.dir, quiet=True, epochs=4)
@@ -279,10 +280,18 @@ def test_resume_refuses_a_live_run_and_removes_stray_temp_files(tmp_path):
     write_status(run.dir, RunStatus.RUNNING)  # as a kill leaves it
     stray = run.dir / rd.CHECKPOINTS / ".last.pt.0a1b2c3d.tmp"
     stray.write_bytes(b"half a checkpoint")
-    with RunLock(run.dir):  # another process trains it
+    lock = RunLock().acquire(run.dir)  # another process trains it
+    try:
         assert liveness(run.dir) is Liveness.LIVE
         with pytest.raises(UserError, match="being trained right now"):
             cnnlab.resume(run.dir, quiet=True)
+        # Recorded as interrupted (so the check of run.json lets it through): the lock itself refuses.
+        write_status(run.dir, RunStatus.INTERRUPTED)
+        with pytest.raises(UserError, match="being trained right now"):
+            cnnlab.resume(run.dir, quiet=True)
+        write_status(run.dir, RunStatus.RUNNING)
+    finally:
+        lock.release()
     assert liveness(run.dir) is Liveness.STALE and shown_status(run.dir, read_status(run.dir)) == "stale"
     cnnlab.resume(run.dir, quiet=True)
     assert not stray.exists() and read_status(run.dir)["status"] == "completed"
@@ -307,3 +316,56 @@ def test_disk_full_is_recognised_through_wrapping_errors():
     except RuntimeError as wrapped:
         assert is_disk_full(wrapped)
     assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
+
+
+def test_a_signal_after_the_run_is_recorded_changes_nothing_recorded(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the completed run draws its report: the run stays completed."""
+    def interrupted_report(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("cnnlab.runner.report_after_run", interrupted_report)
+    with pytest.raises(Interrupted, match="recorded as completed"):
+        cnnlab.run(SMALL, runs_dir=tmp_path, quiet=True)
+    run_dir = next((tmp_path / "small").iterdir())
+    st = read_status(run_dir)
+    assert st["status"] == "completed" and stop_reason_of(st) is StopReason.MAX_EPOCHS
+
+
+@pytest.mark.slow
+def test_signals_a_process_was_told_to_ignore_stay_ignored(experiment, tmp_path):
+    """nohup: SIGHUP is ignored before cnnlab starts, and a closed terminal must not stop the run."""
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", "run", str(experiment), "--runs-dir", str(tmp_path), "-q",
+                             "--set", "train.epochs=8"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    run_dir = _wait_for_epochs(tmp_path, 2, proc)
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert read_status(run_dir)["status"] == "completed"
+
+
+@pytest.mark.parametrize("scheduler", [
+    {"name": "onecycle"},
+    {"name": "cosine", "interval": "step"},
+    {"name": "linear", "warmup_epochs": 1},
+    {"name": "plateau", "patience": 0, "factor": 0.5},
+], ids=["onecycle", "cosine-per-step", "linear-with-warmup", "plateau"])
+def test_extended_schedules_follow_the_longer_plan(tmp_path, scheduler):
+    """Whatever the schedule, the epochs after the extension take the learning rates of a run planned
+    that long (plateau: its state carries on, the planned run's lrs are the same up to there)."""
+    base = _merge(SMALL, {"train": {"epochs": 2}})
+    base["train"]["scheduler"] = scheduler
+    short = cnnlab.run(base, runs_dir=tmp_path / "a", quiet=True)
+    plan = cnnlab.run(_merge(base, {"train": {"epochs": 4}}), runs_dir=tmp_path / "b", quiet=True)
+    cnnlab.resume(short.dir, quiet=True, epochs=4)
+    got, want = [h["lr"] for h in short.history], [h["lr"] for h in plan.history]
+    assert len(got) == 4
+    assert got[2:] == pytest.approx(want[2:], rel=1e-9) if scheduler["name"] != "plateau" else got[:2] == want[:2]
+
+
+def test_the_run_and_resume_modules_import_without_fcntl():
+    """Windows has no fcntl: the run lock is skipped there, and only `cnnlab sweep` may need more."""
+    code = ("import sys; sys.modules['fcntl'] = None; import cnnlab.cli.training, cnnlab.cli.inspection, "
+            "cnnlab.cli.listing, cnnlab.sweep; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr

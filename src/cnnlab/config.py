@@ -13,23 +13,43 @@ import copy
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import UserError
 
 
-class Strict(BaseModel):
-    """Base for config sections: unknown keys are errors, types are not coerced loosely."""
+# Seeds: any non-negative 64-bit signed integer (numpy and torch take them; negative and larger
+# values are refused where they are declared, instead of deep inside numpy).
+SEED_MAX = 2**63 - 1
+NAME_MAX = 100  # characters of a run or sweep name: it names a folder, inside paths of their own
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+def check_name(v: str) -> str:
+    """A run or sweep name: it names a directory, so no path separators, no control characters
+    (a NUL byte, a newline), not ``.`` or ``..``, at most NAME_MAX characters."""
+    if "/" in v or "\\" in v or v in {".", ".."}:
+        raise ValueError("must not contain path separators (it names the run directory)")
+    bad = sorted({repr(c) for c in v if ord(c) < 32 or ord(c) == 127})
+    if bad:
+        raise ValueError(f"must not contain control characters (found {', '.join(bad)})")
+    if len(v) > NAME_MAX:
+        raise ValueError(f"is {len(v)} characters long; at most {NAME_MAX} (it names a folder)")
+    return v
+
+
+class Strict(BaseModel):
+    """Base for config sections: unknown keys are errors, types are not coerced loosely, and float
+    values must be finite (TOML's inf and nan are refused where a number is declared)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class Open(BaseModel):
     """A section whose extra keys belong to a registry entry (model, scheduler, loss)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -53,7 +73,7 @@ class DataConfig(Strict):
     pool_splits: bool = Field(False, description="merge the official train and test splits before sampling")
     test_fraction: float | None = Field(None, gt=0, lt=1, description="stratified test split; None = the official test split, else 0.2")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="stratified share of the training part held out for validation")
-    image_size: int | None = Field(None, gt=0, description="resize images to this size (square)")
+    image_size: int | None = Field(None, gt=0, le=8192, description="resize images to this size (square, at most 8192)")
     normalize: Literal["dataset", "half", "imagenet", "none"] = "dataset"
     sampler: Literal["random", "balanced"] = Field("random", description="balanced = oversample rare classes")
     on_bad_image: Literal["error", "skip"] = "error"
@@ -116,14 +136,14 @@ class TrainConfig(Strict):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    class_weights: list[float] | Literal["balanced"] | None = None
+    class_weights: list[Annotated[float, Field(ge=0)]] | Literal["balanced"] | None = None
     grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm to this value")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = Field("auto", description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     channels_last: bool = Field(True, description="channels_last (NHWC) memory format for conv nets")
     eval_batch_size: int = Field(512, ge=1, description="images per evaluation batch (512: fastest for small conv nets on 2 CPU cores)")
     compile: bool = Field(False, description="torch.compile the model's forward; falls back to eager with a warning when it cannot compile")
-    threads: int | None = Field(None, ge=1, description="torch.set_num_threads for the run; unset = torch's default")
+    threads: int | None = Field(None, ge=1, le=1024, description="torch.set_num_threads for the run; unset = torch's default")
     tta: Literal["none", "flip", "flip_translate"] = Field(
         "none", description="test-time augmentation of the final evaluation: average logits over the mirrored "
         "image (flip) and 1-pixel translations (flip_translate); per-epoch validation runs without it")
@@ -221,12 +241,12 @@ class DistributedConfig(Strict):
     devices: int = Field(1, ge=1, description="processes to start on this machine when not launched by torchrun")
     backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="auto: nccl on CUDA, gloo on CPU")
     sync_batchnorm: bool = Field(False, description="synchronize BatchNorm statistics across processes")
-    timeout_s: int = Field(300, ge=10, description="seconds a collective waits for the other processes before failing")
+    timeout_s: int = Field(300, ge=10, le=7 * 24 * 3600, description="seconds a collective waits for the other processes before failing")
 
 
 class ExperimentConfig(Strict):
     name: str = Field("experiment", min_length=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="0 to 2^63 - 1")
     deterministic: bool = False
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -247,9 +267,7 @@ class ExperimentConfig(Strict):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        if "/" in v or "\\" in v or v in {".", ".."}:
-            raise ValueError("must not contain path separators (it names the run directory)")
-        return v
+        return check_name(v)
 
     def extra(self, section: Open) -> dict[str, Any]:
         """The registry-entry keys of an open section (everything but ``name``)."""

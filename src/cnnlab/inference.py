@@ -90,8 +90,11 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", overrides: list[str]
 def predict(run_dir: str | Path, images: list[str], checkpoint: str = "best", k: int = 3,
             quiet: bool = False) -> list[dict[str, Any]]:
     """Class and top-k probabilities for each image file, preprocessed like the run's data."""
+    if k < 1:
+        raise UserError(f"top = {k}: give how many classes to show per image, at least 1.")
     run_dir = rd.require_run_dir(run_dir)
     model, state, cfg = load_model(run_dir, checkpoint)
+    prepare_process(torch.device("cpu"), cfg.train.threads)
     meta = state["meta"]
     c, h, w = meta["input_shape"]
     x = read_image_files(list(images), c, (h, w))

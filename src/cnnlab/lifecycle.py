@@ -22,12 +22,15 @@ The ways a run can end, once its directory exists:
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import os
 import signal
 import socket
 import threading
+import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -159,10 +162,19 @@ def status_of(status: dict[str, Any]) -> RunStatus | None:
 
 
 # ---------------------------------------------------------------------------------- run.json
-def read_status(run_dir: str | Path) -> dict[str, Any]:
-    """``run.json`` as a dict; {} when it is missing or not a JSON object."""
+def read_status(run_dir: str | Path, strict: bool = False) -> dict[str, Any]:
+    """``run.json`` as a dict. Tolerant (default): {} when it is missing or damaged, for code that
+    only adds to it. ``strict``: a missing or damaged file, or a status cnnlab never writes, is a
+    UserError naming it (for commands aimed at the run)."""
+    path = Path(run_dir) / rd.STATUS
+    if strict:
+        st = rd.read_json(path)
+        if status_of(st) is None:
+            raise rd.damaged(path, f"its status is {st.get('status')!r}, not one of "
+                                   f"{', '.join(s.value for s in RunStatus)}")
+        return st
     try:
-        d = json.loads((Path(run_dir) / rd.STATUS).read_text())
+        d = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return d if isinstance(d, dict) else {}
@@ -189,51 +201,84 @@ def owner() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ the run lock
+_HELD = (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)  # flock's "someone holds it"
+_ACQUIRE_TRIES, _ACQUIRE_WAIT_S = 20, 0.05  # a reader's probe holds the lock for microseconds
+_warned_no_locks = False
+
+
+def _no_locks(path: Path, e: OSError) -> None:
+    """File locks do not work where the run lives (Lustre without -o flock, some NFS, SMB and FUSE
+    mounts): say so once and go on without them."""
+    global _warned_no_locks
+    if not _warned_no_locks:
+        _warned_no_locks = True
+        warnings.warn(f"file locks do not work on the file system of {path.parent} ({e.strerror or e}): cnnlab cannot "
+                      f"tell a live run from a dead one there beyond its host and pid, nor stop two resumes of one "
+                      f"run.", RuntimeWarning, stacklevel=3)
+
+
+def lock_owner(run_dir: str | Path) -> dict[str, Any]:
+    """The host, pid and start time the lock holder wrote into ``.lock`` ({} when unknown)."""
+    try:
+        d = json.loads((Path(run_dir) / rd.LOCK).read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def _holder(run_dir: Path) -> str:
+    who = lock_owner(run_dir) or read_status(run_dir)
+    return f"process {who.get('pid', '?')} on {who.get('host', '?')}"
+
+
 class RunLock:
     """The advisory lock on ``RUN_DIR/.lock`` held by the one process that trains the run (rank 0).
-    The kernel releases it when that process exits in any way, SIGKILL included."""
+    The kernel releases it when that process exits in any way, SIGKILL included. The holder writes
+    its host and pid into the file, so messages can name it."""
 
-    def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir) / rd.LOCK
+    def __init__(self) -> None:
+        self.path: Path | None = None
         self._fd: int | None = None
 
-    def acquire(self) -> None:
-        """Take the lock, or raise a UserError naming the live process that holds it."""
+    def acquire(self, run_dir: str | Path) -> "RunLock":
+        """Take the lock of ``run_dir``, or raise a UserError naming the live process that holds it."""
+        self.path = Path(run_dir) / rd.LOCK
         if fcntl is None:
-            return
+            return self
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise
-            st = read_status(self.path.parent)
-            who = f"process {st.get('pid', '?')} on {st.get('host', '?')}"
-            raise UserError(f"{self.path.parent} is being trained right now by {who} (it holds {self.path.name}); "
-                            f"wait for it to end, or stop it (Ctrl-C or kill {st.get('pid', 'PID')}) and "
-                            f"then run `cnnlab resume {self.path.parent}`.") from None
+        for attempt in range(_ACQUIRE_TRIES):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in _HELD:
+                    os.close(fd)
+                    _no_locks(self.path, e)
+                    return self
+                if attempt == _ACQUIRE_TRIES - 1:
+                    os.close(fd)
+                    run = self.path.parent
+                    raise UserError(f"{run} is being trained right now by {_holder(run)} (it holds {self.path.name}); "
+                                    f"wait for it to end, or stop it (Ctrl-C, or kill that process) and then run "
+                                    f"`cnnlab resume {run}`.") from None
+                time.sleep(_ACQUIRE_WAIT_S)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({**owner(), "since": datetime.now().isoformat(timespec="seconds")}).encode())
         self._fd = fd
+        return self
 
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
 
-    def __enter__(self) -> "RunLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
 
 class Liveness(str, Enum):
     """What a reader can tell about a run whose ``run.json`` says ``running``."""
 
-    LIVE = "live"        # a process holds the run's lock (or, without a lock file, its pid is alive here)
+    LIVE = "live"        # a process holds the run's lock (or, without working locks, its pid is alive here)
     STALE = "stale"      # nobody holds it: the process died without a word (SIGKILL, power loss)
-    UNKNOWN = "unknown"  # no lock file and the recorded process is on another host
+    UNKNOWN = "unknown"  # no working lock and the recorded process is on another host
 
 
 def liveness(run_dir: str | Path, status: dict[str, Any] | None = None) -> Liveness:
@@ -245,21 +290,35 @@ def liveness(run_dir: str | Path, status: dict[str, Any] | None = None) -> Liven
         try:
             fd = os.open(lock, os.O_RDONLY)
         except OSError:
-            return Liveness.UNKNOWN
-        try:
-            # A shared probe: it fails only while the trainer holds its exclusive lock.
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return Liveness.LIVE
-        finally:
-            os.close(fd)  # also drops the probe's shared lock
-        return Liveness.STALE
-    if st.get("host") == socket.gethostname() and isinstance(st.get("pid"), int):
-        return Liveness.LIVE if _pid_alive(st["pid"]) else Liveness.STALE
+            fd = None
+        if fd is not None:
+            try:
+                # A shared probe: it fails only while the trainer holds its exclusive lock.
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return Liveness.STALE
+            except OSError as e:
+                if e.errno in _HELD:
+                    return Liveness.LIVE
+                # no working locks here: fall back to the recorded host and pid
+            finally:
+                os.close(fd)  # also drops the probe's shared lock
+    who = lock_owner(run_dir) or st
+    if who.get("host") == socket.gethostname() and isinstance(who.get("pid"), int):
+        return Liveness.LIVE if _pid_alive(who["pid"]) else Liveness.STALE
     return Liveness.UNKNOWN
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host."""
+    if os.name == "nt":  # os.kill(pid, 0) would send a console Ctrl-C event there
+        k32 = ctypes.WinDLL("kernel32", use_last_error=True)
+        handle = k32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return ctypes.get_last_error() == 5  # access denied: it exists
+        code = ctypes.c_ulong()
+        k32.GetExitCodeProcess(handle, ctypes.byref(code))
+        k32.CloseHandle(handle)
+        return code.value == 259  # STILL_ACTIVE
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -302,18 +361,25 @@ class Interrupted(KeyboardInterrupt):
 
 
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    # Further signals are ignored while the run unwinds and records how it ended (a second Ctrl-C, or
+    # a launcher's SIGTERM after it, must not cut that short); interrupt_signals restores the handlers.
+    for s in INTERRUPT_SIGNALS:
+        if signal.getsignal(s) is _raise_interrupted:
+            signal.signal(s, signal.SIG_IGN)
     raise Interrupted(signum)
 
 
 @contextmanager
 def interrupt_signals() -> Iterator[None]:
     """While inside: SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread, so
-    the run unwinds, records ``interrupted`` and exits 128 + the signal number. Outside the main
-    thread (signals cannot be handled there) nothing changes."""
+    the run unwinds, records ``interrupted`` and exits 128 + the signal number. A signal the process
+    was told to ignore stays ignored (``nohup`` ignores SIGHUP; a background job of a script
+    ignores SIGINT). Outside the main thread (signals cannot be handled there) nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = {s: signal.signal(s, _raise_interrupted) for s in INTERRUPT_SIGNALS}
+    old = {s: signal.signal(s, _raise_interrupted) for s in INTERRUPT_SIGNALS
+           if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         yield
     finally:

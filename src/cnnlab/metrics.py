@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "metrics_problem",
     "confusion_matrix",
     "per_class_from_confusion",
     "roc_auc_ovr",
@@ -279,6 +280,34 @@ def compute_metrics(
         "confusion_matrix": cm.tolist(),
         "class_names": names,
     }
+
+
+def metrics_problem(metrics: Any) -> str | None:
+    """Why a metrics.json content is not what :func:`compute_metrics` writes (per split), or None.
+    Checks the structure the readers rely on: numbers where numbers are, K names, K x K counts."""
+    if not isinstance(metrics, dict):
+        return f"it holds a {type(metrics).__name__} where an object of splits is expected"
+    num = (int, float)
+    for split, m in metrics.items():
+        if not isinstance(m, dict):
+            return f"split {split!r} is a {type(m).__name__}, not an object"
+        names = m.get("class_names")
+        if not (isinstance(names, list) and names and all(isinstance(c, str) for c in names)):
+            return f"split {split!r} has no list of class names"
+        k = len(names)
+        if not isinstance(m.get("accuracy"), num) or isinstance(m.get("accuracy"), bool):
+            return f"split {split!r} has no numeric accuracy"
+        cm = m.get("confusion_matrix")
+        if not (isinstance(cm, list) and len(cm) == k and all(isinstance(r, list) and len(r) == k for r in cm)):
+            return f"split {split!r}: the confusion matrix is not {k} x {k}"
+        per = m.get("per_class")
+        if not (isinstance(per, dict) and all(isinstance(per.get(key), list) and len(per[key]) == k
+                                              for key in ("precision", "recall", "f1", "support"))):
+            return f"split {split!r}: per_class does not hold {k} values per metric"
+        for avg in ("macro", "weighted"):
+            if not isinstance(m.get(avg, {}), dict):
+                return f"split {split!r}: {avg} is not an object"
+    return None
 
 
 def classification_report(metrics: dict, digits: int = 4) -> str:

@@ -17,6 +17,7 @@ kill between the two can leave the temporary file, which :func:`remove_stray_tem
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .errors import UserError
+from .metrics import metrics_problem
 
 # ------------------------------------------------------------------------------------ a run
 CONFIG = "config.toml"
@@ -124,6 +126,34 @@ def remove_stray_temp_files(folder: str | Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------- run folders
+def writable_dir(path: str | Path, what: str) -> Path:
+    """``path`` created if needed and shown writable by writing (and removing) a small file, or a
+    UserError that says why not (a file is in the way, read-only, no space); ``what`` names the
+    setting in the message (``--runs-dir``). Called before any data is loaded."""
+    path = Path(path)
+    shown = str(path)
+    try:
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{what} {shown!r} is a file, not a folder; give a folder.")
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".cnnlab-write-test.{secrets.token_hex(4)}{_TMP_SUFFIX}"
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"\0" * 4096)  # a block's worth: a full disk refuses it
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            probe.unlink(missing_ok=True)
+    except UserError:
+        raise
+    except OSError as e:
+        why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+               errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+               errno.EPERM: "permission denied", errno.ENOTDIR: "a file is in the way"}.get(e.errno, e.strerror or str(e))
+        raise UserError(f"cannot write in {what} {shown!r}: {why}; give a writable folder with space left.") from None
+    return path
+
+
 def new_run_dir(runs_dir: str | Path, name: str) -> Path:
     """Create ``runs_dir/name/<YYYYmmdd-HHMMSS>[-N]`` and its checkpoints and predictions folders."""
     base = Path(runs_dir) / name
@@ -180,15 +210,78 @@ def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_text(run_dir / HISTORY, "".join(json.dumps(h) + "\n" for h in history))
 
 
-def read_history(run_dir: Path) -> list[dict[str, Any]]:
-    p = Path(run_dir) / HISTORY
-    if not p.exists():
+def damaged(path: str | Path, why: str) -> UserError:
+    """The error of a file in a run or sweep directory that cannot be what cnnlab wrote there."""
+    return UserError(f"{path} is damaged: {why}. Repair or remove that file (cnnlab writes every file atomically, so "
+                     f"it was changed by something else), or use another run.")
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise damaged(path, "it is not UTF-8 text") from None
+    except IsADirectoryError:
+        raise damaged(path, "it is a directory") from None
+    except OSError as e:
+        raise damaged(path, f"it cannot be read ({e.strerror or e})") from None
+
+
+def read_json(path: Path, kind: type = dict) -> Any:
+    """A JSON file of a run or sweep directory, which must hold a ``kind`` (an object by default);
+    a missing file is a UserError saying so, an unparseable one a UserError naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} does not exist.")
+    text = _text(path)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise damaged(path, f"it is not JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    if not isinstance(value, kind):
+        raise damaged(path, f"it holds a JSON {type(value).__name__} where a {kind.__name__} is expected")
+    return value
+
+
+def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """A JSON-lines file (one object per line, each with the ``required`` keys); [] when missing."""
+    path = Path(path)
+    if not path.exists():
         return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    out = []
+    for i, line in enumerate(_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise damaged(path, f"line {i} is not JSON ({e.msg})") from None
+        if not isinstance(value, dict) or any(k not in value for k in required):
+            raise damaged(path, f"line {i} is not an object with {', '.join(required) or 'keys'}")
+        out.append(value)
+    return out
 
 
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    """metrics.json ({} before the run wrote it); a file that is not what cnnlab writes is a
+    UserError naming it."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return {}
+    m = read_json(path)
+    problem = metrics_problem(m)
+    if problem:
+        raise damaged(path, problem)
+    return m
+
+
+def read_history(run_dir: Path) -> list[dict[str, Any]]:
+    """history.jsonl: one object per epoch, each with an integer ``epoch`` from 1 on."""
+    rows = read_jsonl(Path(run_dir) / HISTORY, ("epoch",))
+    for i, h in enumerate(rows, 1):
+        if not isinstance(h["epoch"], int) or isinstance(h["epoch"], bool) or h["epoch"] < 1:
+            raise damaged(Path(run_dir) / HISTORY, f"entry {i} has epoch {h['epoch']!r}, not a number from 1 on")
+    return rows
 
 
 def git_commit(where: Path | None = None) -> str | None:

@@ -44,9 +44,11 @@ from .errors import RunFailure, UserError
 from .experiment import dumps_toml, load_config, resolved_dict, validate_config, with_overrides
 from .inference import load_model
 from .lifecycle import (Failure, Interrupted, Liveness, RunLock, RunStatus, Stop, StopReason, as_interrupted,
-                        interrupt_signals, is_disk_full, liveness, owner, read_status, status_of, write_status)
+                        interrupt_signals, is_disk_full, liveness, lock_owner, owner, read_status, status_of,
+                        write_status)
 from .metrics import classification_report, compute_metrics
-from .models import ImageClassifier, build_model, count_parameters
+from .limits import check_fits
+from .models import ImageClassifier, build_model, count_parameters, model_size
 from .report import build_loggers, check_loggers, close_loggers, log_final, report_after_run
 from .train import (CALLBACKS, Callback, DeviceSplit, Freezing, Trainer, World, amp_dtype, apply_transfer, build_loss,
                     build_optimizer, build_scheduler, check_training_setup, epoch_steps, has_conv, load_checkpoint,
@@ -71,8 +73,7 @@ class Run:
 
     @property
     def metrics(self) -> dict[str, Any]:
-        p = self.dir / rd.METRICS
-        return rd.read_json(p) if p.exists() else {}
+        return rd.read_metrics(self.dir)
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -80,7 +81,7 @@ class Run:
 
     @property
     def status(self) -> dict[str, Any]:
-        return read_status(self.dir)
+        return read_status(self.dir, strict=True)
 
     @cached_property
     def model(self) -> ImageClassifier:
@@ -112,11 +113,13 @@ def _monitor(cfg: ExperimentConfig, has_val: bool) -> str:
 
 
 def _assemble(cfg: ExperimentConfig, data: DataSplits, device: torch.device, world: World, quiet: bool,
-              load_transfer: bool) -> _Parts:
+              new_run: bool) -> _Parts:
     """Model (with data-dependent init and transfer), loss, optimizer and scheduler; every check on
-    user input that needs them fails here, before any file is written."""
+    user input that needs them fails here, before any file is written. ``new_run``: a resumed run
+    loads its weights from its checkpoint instead (no data-dependent init, no transfer source)."""
     check_training_setup(cfg, tuple(data.train.x.shape), world)
     k = len(data.class_names)
+    _check_training_memory(cfg, data, device, world)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = build_model(cfg.model, data.input_shape, k)
@@ -124,11 +127,12 @@ def _assemble(cfg: ExperimentConfig, data: DataSplits, device: torch.device, wor
         _say(f"warning: {w.message}", quiet)
     # Before freezing and the optimizer: they then see the SyncBatchNorm modules (same parameters).
     model = dist.convert_sync_batchnorm(model, world, cfg.distributed.sync_batchnorm, device)
-    # Data-dependent initialisation (airbench's whitening layer), on the training images normalized
-    # like training batches; deterministic, and overwritten by a resumed checkpoint.
-    model.init_from_data(data.train.x, Normalizer(data.mean, data.std, torch.device("cpu")))
-    # [transfer]: the source's weights (a new run only; a resume loads its own checkpoint), then freezing.
-    transfer = apply_transfer(model, cfg.transfer, load=load_transfer, download=cfg.data.download, quiet=quiet)
+    if new_run:
+        # Data-dependent initialisation (airbench's whitening layer), on the training images
+        # normalized like training batches.
+        model.init_from_data(data.train.x, Normalizer(data.mean, data.std, torch.device("cpu")))
+    # [transfer]: the source's weights (a new run only), then freezing (a resumed run too).
+    transfer = apply_transfer(model, cfg.transfer, load=new_run, download=cfg.data.download, quiet=quiet)
     model = model.to(device)
     if cfg.train.channels_last and has_conv(model):
         # channels_last (NHWC) is faster for convolutions on CUDA and with oneDNN on the CPU.
@@ -142,6 +146,36 @@ def _assemble(cfg: ExperimentConfig, data: DataSplits, device: torch.device, wor
         raise UserError(f"train.scheduler.monitor = {sched_monitor!r} needs a validation split, and this run has none "
                         f"(data.val_fraction = 0); monitor train_loss or train_acc, or set data.val_fraction > 0.")
     return _Parts(model, loss_fn, optimizer, scheduler, sched_monitor, transfer.freezing, transfer.record)
+
+
+# Values kept per parameter while training: the weight, its gradient and the optimizer's state
+# (Adam and AdamW keep two moments, SGD with momentum and RMSprop one); per activation value of a
+# batch: the value saved for the backward pass and its gradient.
+_OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "sgd": 1, "rmsprop": 1}
+
+
+def _check_training_memory(cfg: ExperimentConfig, data: DataSplits, device: torch.device, world: World) -> None:
+    """Refuse a model and batch size whose training would not fit the device's free memory (the
+    model measured on the meta device, no memory used), with the estimate and how to lower it."""
+    size = model_size(cfg.model, data.input_shape, len(data.class_names))
+    if size is None:
+        return
+    batch = min(cfg.train.batch_size, len(data.train))
+    per_process = -(-batch // world.size)  # each process holds its share of the global batch
+    value_bytes = 2 if amp_dtype(cfg.train.precision, device) is not None else 4
+    need = 4 * size.parameters * (2 + _OPTIMIZER_STATES.get(cfg.train.optimizer, 2))
+    if size.activations is not None:
+        largest = max(len(s) for s in data.splits().values())
+        evaluation = min(cfg.train.eval_batch_size, largest) * size.activations * value_bytes  # no gradients
+        need += max(per_process * size.activations * value_bytes * 2, evaluation)
+    if device.type == "cuda":
+        available, where = torch.cuda.mem_get_info(device)[0], f"GPU {device}"
+    else:
+        available, where = None, "this machine"  # check_fits reads the host's available memory
+    check_fits(need, f"training {cfg.model.name} ({size.parameters:,} parameters"
+                     + (f", {size.activations:,} activation values per image" if size.activations is not None else "")
+                     + f") on batches of {per_process:,} images", "lower train.batch_size, or make the model smaller",
+               available, where)
 
 
 def _trainer(cfg: ExperimentConfig, data: DataSplits, parts: _Parts, device: torch.device, run_dir: Path,
@@ -230,45 +264,63 @@ def _resolve_config(config_or_path: str | Path | ExperimentConfig | dict,
 
 
 # ------------------------------------------------------------------------------- the lifecycle
+def _recorded_epochs(run_dir: Path, fallback: int) -> int:
+    """The last epoch on record: history.jsonl is written after that epoch's checkpoint, so it
+    never runs ahead of checkpoints/last.pt."""
+    try:
+        return len(rd.read_history(run_dir))
+    except UserError:
+        return fallback
+
+
 @contextmanager
-def _recorded(run_dir: Path, world: World, epoch: Callable[[], int]) -> Iterator[None]:
-    """Every way out of a run whose directory exists is recorded in run.json (by rank 0): a signal
-    as ``interrupted`` (exit 128 + signal, with the command that continues it), a failure as
-    ``failed`` with its one-line reason (a full disk as a RunFailure, without a traceback). The
-    ``completed`` and the specific ``failed`` records are written by :func:`_train_and_finish`."""
+def _recorded(run_dir: Path, world: World, cleanup: Callable[[str], None] = lambda status: None) -> Iterator[None]:
+    """Every way out of a run whose directory exists is recorded in run.json by rank 0, first of
+    all (then ``cleanup`` runs, given KILLED or FAILED for the loggers): a signal as ``interrupted``
+    (exit 128 + signal, with the command that continues it), a failure as ``failed`` with its
+    one-line reason (a full disk as a RunFailure, without a traceback). Only a run still recorded
+    as ``running`` is changed: a signal while a completed run draws its report leaves it completed.
+    The ``completed`` and the specific ``failed`` records are written by :func:`_train_and_finish`."""
     main = world.is_main
+
+    def still_running() -> bool:
+        return main and status_of(read_status(run_dir)) is RunStatus.RUNNING
+
     try:
         yield
     except KeyboardInterrupt as e:
         intr = as_interrupted(e)
-        done = epoch()
-        msg = (f"interrupted by {intr.signal_name} after epoch {done}; checkpoints/last.pt holds the last completed "
-               f"epoch. Continue with: cnnlab resume {run_dir}") if done else \
-              (f"interrupted by {intr.signal_name} before the first epoch ended (no checkpoint yet). Start it again "
-               f"with: cnnlab run {run_dir / rd.CONFIG}")
-        if main:
+        done = _recorded_epochs(run_dir, 0)
+        if still_running():
             _record(run_dir, RunStatus.INTERRUPTED, epoch=done, stop_reason=StopReason.INTERRUPTED,
-                    stop_message=f"interrupted by {intr.signal_name}", signal=intr.signal_name)
+                    stop_message=f"interrupted by {intr.signal_name}", signal=intr.signal_name, error=None, message=None)
+            msg = (f"interrupted by {intr.signal_name} after epoch {done}; checkpoints/last.pt holds it. Continue "
+                   f"with: cnnlab resume {run_dir}") if done else \
+                  (f"interrupted by {intr.signal_name} before the first epoch ended (no checkpoint yet). Start it "
+                   f"again with: cnnlab run {run_dir / rd.CONFIG}")
+        else:
+            st = read_status(run_dir).get("status", "?")
+            msg = (f"interrupted by {intr.signal_name} after the run was recorded as {st}; nothing of it is lost "
+                   f"(its report, if cut short: cnnlab report {run_dir}).")
+        cleanup("KILLED")
         raise Interrupted(intr.signum, msg) from None
-    except RunFailure as e:
-        if main and status_of(read_status(run_dir)) is RunStatus.RUNNING:
-            _record(run_dir, RunStatus.FAILED, epoch=epoch(), error=Failure.EXCEPTION, message=_one_line(e))
-        raise
-    except UserError as e:  # not expected once the directory exists: every input check runs before
-        if main:
-            _record(run_dir, RunStatus.FAILED, epoch=epoch(), error=Failure.EXCEPTION, message=_one_line(e))
+    except (RunFailure, UserError) as e:  # UserError: not expected here, every input check runs before
+        if still_running():
+            _record(run_dir, RunStatus.FAILED, epoch=_recorded_epochs(run_dir, 0), error=Failure.EXCEPTION,
+                    message=_one_line(e))
+        cleanup("FAILED")
         raise
     except Exception as e:
-        if is_disk_full(e):
-            if main:
-                _record(run_dir, RunStatus.FAILED, epoch=epoch(), error=Failure.DISK_FULL, message=_one_line(e))
-            done = epoch()
-            raise RunFailure(f"the disk is full ({_one_line(e)}): the run stopped in epoch {done} and is recorded as "
-                             f"failed. Free some space, then continue from its last checkpoint with: cnnlab resume "
-                             f"{run_dir}") from None
-        if main:
-            _record(run_dir, RunStatus.FAILED, epoch=epoch(), error=Failure.EXCEPTION,
-                    message=f"{type(e).__name__}: {_one_line(e)}")
+        disk = is_disk_full(e)
+        if still_running():
+            _record(run_dir, RunStatus.FAILED, epoch=_recorded_epochs(run_dir, 0),
+                    error=Failure.DISK_FULL if disk else Failure.EXCEPTION,
+                    message=_one_line(e) if disk else f"{type(e).__name__}: {_one_line(e)}")
+        cleanup("FAILED")
+        if disk:
+            raise RunFailure(f"the disk is full ({_one_line(e)}): the run stopped after epoch "
+                             f"{_recorded_epochs(run_dir, 0)} and is recorded as failed. Free some space, then "
+                             f"continue from its last checkpoint with: cnnlab resume {run_dir}") from None
         raise
 
 
@@ -282,7 +334,11 @@ def _record(run_dir: Path, status: RunStatus, **fields: Any) -> None:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         st = read_status(run_dir)
-        st.update({k: (v.value if isinstance(v, Enum) else v) for k, v in fields.items() if v is not None})
+        for k, v in fields.items():
+            if v is None:
+                st.pop(k, None)
+            else:
+                st[k] = v.value if isinstance(v, Enum) else v
         st["status"] = status.value
         try:
             (run_dir / rd.STATUS).write_text(json.dumps(st, indent=2) + "\n")
@@ -293,6 +349,15 @@ def _record(run_dir: Path, status: RunStatus, **fields: Any) -> None:
 def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return (text or type(e).__name__)[:500]
+
+
+def _closer(trainer: Callable[[], Trainer | None]) -> Callable[[str], None]:
+    """The cleanup of :func:`_recorded`: end the trainer's loggers (once it exists) with a status."""
+    def close(status: str) -> None:
+        t = trainer()
+        if t is not None:
+            close_loggers(t.callbacks, status)
+    return close
 
 
 # --------------------------------------------------------------------------------- run/resume
@@ -322,18 +387,20 @@ def run(config_or_path: str | Path | ExperimentConfig | dict, overrides: list[st
         amp_dtype(cfg.train.precision, device)  # fail on a bad precision before loading any data
         check_loggers(cfg)  # a missing logger package fails before the run directory exists
         world.start(cfg.distributed, device)
+        world.from_main(lambda: rd.writable_dir(runs_dir, "--runs-dir"))  # before the data: it may take minutes
         prepare_process(device, cfg.train.threads)
         seed_everything(cfg.seed, cfg.deterministic)
         data = load_data(cfg.data, cfg.seed)
         seed_everything(cfg.seed, cfg.deterministic)  # model init does not depend on how data loading used the RNG
-        parts = _assemble(cfg, data, device, world, quiet or not world.is_main, load_transfer=True)
-        run_dir = world.from_main(lambda: _new_run_dir(cfg, data, device, runs_dir, world, parts.transfer_record))
-        lock = RunLock(run_dir)
-        if world.is_main:
-            lock.acquire()
+        parts = _assemble(cfg, data, device, world, quiet or not world.is_main, new_run=True)
+        env = environment(cfg.seed, device, world)  # before the directory: its git calls take a moment
+        if parts.transfer_record:  # where the weights came from, so a chain of runs can be traced back
+            env["transfer"] = parts.transfer_record
+        lock = RunLock()  # rank 0's, held from the directory's creation to the run's end
         trainer: Trainer | None = None
         try:
-            with _recorded(run_dir, world, lambda: trainer.epoch if trainer is not None else 0):
+            run_dir = world.from_main(lambda: _new_run_dir(cfg, data, runs_dir, env, lock))
+            with _recorded(run_dir, world, _closer(lambda: trainer)):
                 trainer = _trainer(cfg, data, parts, device, run_dir, quiet, world, extra_callbacks)
                 _describe(cfg, data, trainer, run_dir, quiet or not world.is_main)
                 return _train_and_finish(cfg, data, trainer, run_dir, quiet)
@@ -341,24 +408,24 @@ def run(config_or_path: str | Path | ExperimentConfig | dict, overrides: list[st
             lock.release()
 
 
-def _new_run_dir(cfg: ExperimentConfig, data: DataSplits, device: torch.device, runs_dir: str | Path,
-                 world: World, transfer_record: dict[str, Any]) -> Path:
-    """Create the run directory with its first files (rank 0's job); returns its path."""
+def _new_run_dir(cfg: ExperimentConfig, data: DataSplits, runs_dir: str | Path, env: dict[str, Any],
+                 lock: RunLock) -> Path:
+    """Create the run directory (rank 0's job): take its lock, record it as running, write its first
+    files; returns its path. A failure among those writes is recorded like any other."""
     try:
         run_dir = rd.new_run_dir(runs_dir, cfg.name)
     except OSError as e:
         raise UserError(f"cannot create a run directory under {str(Path(runs_dir))!r} ({_one_line(e)}); give a "
                         f"writable folder with --runs-dir.") from None
-    dist.report_run_dir(run_dir)
-    rd.atomic_write_text(run_dir / rd.CONFIG, dumps_toml(cfg))
-    rd.atomic_savez(run_dir / rd.SPLITS, **data.indices())
-    env = environment(cfg.seed, device, world)
-    if transfer_record:  # where the weights came from, so a chain of runs can be traced back
-        env["transfer"] = transfer_record
-    rd.atomic_write_json(run_dir / rd.ENV, env)
+    lock.acquire(run_dir)
     write_status(run_dir, RunStatus.RUNNING, name=cfg.name, dataset=cfg.data.dataset, model=cfg.model.name,
                  started=datetime.now().isoformat(timespec="seconds"), **owner())
-    rd.write_history(run_dir, [])
+    with _recorded(run_dir, World()):
+        dist.report_run_dir(run_dir)
+        rd.atomic_write_text(run_dir / rd.CONFIG, dumps_toml(cfg))
+        rd.atomic_savez(run_dir / rd.SPLITS, **data.indices())
+        rd.atomic_write_json(run_dir / rd.ENV, env)
+        rd.write_history(run_dir, [])
     return run_dir
 
 
@@ -376,26 +443,34 @@ def _launch_run(cfg: ExperimentConfig, runs_dir: str | Path, quiet: bool) -> Run
 
 
 def _check_devices(cfg: ExperimentConfig, n: int) -> None:
-    """Refuse more processes than GPUs when training on CUDA (one GPU per process)."""
+    """Refuse more processes than GPUs when training on CUDA (one GPU per process), and more than
+    CPU cores on the CPU (each process needs one)."""
     device = resolve_device(cfg.train.device)
     if device.type == "cuda" and n > torch.cuda.device_count():
         raise UserError(f"distributed.devices = {n} but this machine has {torch.cuda.device_count()} GPU(s); "
                         f"use at most that many (one process per GPU), or several machines with torchrun.")
+    cores = os.cpu_count() or 1
+    if device.type != "cuda" and n > cores:
+        raise UserError(f"distributed.devices = {n} processes but this machine has {cores} CPU core(s); use at most "
+                        f"that many, or several machines with torchrun.")
 
 
-def _resumable(run_dir: Path, epochs: int | None) -> tuple[ExperimentConfig, dict[str, Any]] | None:
-    """The checks of ``resume`` that need no lock: the run's config and status, or None when there
-    is nothing to train (a completed run without ``--epochs``, said on stdout). Raises UserError for
-    a run being trained right now, one without a checkpoint, or a bad ``--epochs``."""
+def _resumable(run_dir: Path, epochs: int | None, decides: bool = True) -> tuple[ExperimentConfig, dict[str, Any]] | None:
+    """The checks of ``resume`` on the run's files: its config and status, or None when there is
+    nothing to train (a completed run without ``--epochs``, said on stdout). Raises UserError for a
+    run being trained right now, one without a checkpoint, or a bad ``--epochs``. ``decides``: this
+    process says whether the run is live (the launcher, or rank 0; the other ranks would see rank
+    0's own lock)."""
     cfg = load_config(run_dir / rd.CONFIG)
-    st = read_status(run_dir)
+    st = read_status(run_dir, strict=True)
     status = status_of(st)
     if epochs is not None and epochs < 1:
         raise UserError(f"--epochs {epochs}: give the total number of epochs to train to (at least 1).")
-    if status is RunStatus.RUNNING and liveness(run_dir, st) is Liveness.LIVE:
-        raise UserError(f"{run_dir} is being trained right now by process {st.get('pid', '?')} on "
-                        f"{st.get('host', '?')}; wait for it to end, or stop it (Ctrl-C, or kill {st.get('pid', 'PID')}) "
-                        f"and resume then.")
+    if decides and status is RunStatus.RUNNING and liveness(run_dir, st) is Liveness.LIVE:
+        who = lock_owner(run_dir) or st
+        raise UserError(f"{run_dir} is being trained right now by process {who.get('pid', '?')} on "
+                        f"{who.get('host', '?')}; wait for it to end, or stop it (Ctrl-C, or kill that process) and "
+                        f"resume then.")
     if not (run_dir / rd.CHECKPOINTS / rd.LAST).exists():
         raise UserError(f"{run_dir} has no {rd.CHECKPOINTS}/{rd.LAST}: it stopped before its first epoch ended; "
                         f"start it again with `cnnlab run {run_dir / rd.CONFIG}`.")
@@ -403,8 +478,9 @@ def _resumable(run_dir: Path, epochs: int | None) -> tuple[ExperimentConfig, dic
         done = int(st.get("epoch") or len(rd.read_history(run_dir)))
         if epochs is None or epochs == done:
             why = st.get("stop_message") or st.get("stop_reason") or "it trained its planned epochs"
-            print(f"{run_dir} is completed after {done} epoch(s) ({why}); nothing to train. To train it further, "
-                  f"give the new total: cnnlab resume {run_dir} --epochs N (N > {done}).", flush=True)
+            if decides:
+                print(f"{run_dir} is completed after {done} epoch(s) ({why}); nothing to train. To train it further, "
+                      f"give the new total: cnnlab resume {run_dir} --epochs N (N > {done}).", flush=True)
             return None
     return cfg, st
 
@@ -413,19 +489,20 @@ def resume(run_dir: str | Path, quiet: bool = False, devices: int | None = None,
     """Continue an interrupted (or failed, or stale) run from ``checkpoints/last.pt`` in the same
     directory. A completed run trains nothing unless ``epochs`` says how far: then ``train.epochs``
     becomes ``epochs`` (in config.toml too) and training continues, the learning-rate schedule
-    rebuilt for the new length and advanced to the checkpoint (docs: README, "Resume and extend").
+    rebuilt for the new length and advanced to the checkpoint (README, "Stopping, resuming and
+    extending a run").
 
     ``devices``: processes to continue with on this machine (default: the run's
     ``distributed.devices``); any number works, checkpoints do not depend on it. Under torchrun
     every process reads the run directory (on several machines: a shared file system)."""
     run_dir = rd.require_run_dir(run_dir)
-    checked = _resumable(run_dir, epochs)
+    world = World.from_env()
+    checked = _resumable(run_dir, epochs, decides=world is None or world.is_main)
     if checked is None:
         return Run(run_dir)
     cfg, _ = checked
     if devices is not None and devices < 1:
         raise UserError(f"--devices {devices}: give a number of processes of at least 1.")
-    world = World.from_env()
     n = devices if devices is not None else cfg.distributed.devices
     if world is None and n > 1:
         _check_devices(cfg, n)
@@ -435,43 +512,58 @@ def resume(run_dir: str | Path, quiet: bool = False, devices: int | None = None,
         return Run(run_dir)
     world = world or World()
     with interrupt_signals():
-        lock = RunLock(run_dir)
-        if world.is_main:
-            lock.acquire()  # from here on this process owns the run directory
+        lock = RunLock()  # rank 0's
         try:
-            return _resume_locked(run_dir, cfg, quiet, world, epochs)
+            return _resume_locked(run_dir, cfg, quiet, world, epochs, lock)
         finally:
             lock.release()
 
 
-def _resume_locked(run_dir: Path, cfg: ExperimentConfig, quiet: bool, world: World, epochs: int | None) -> Run:
-    state = load_checkpoint(run_dir / rd.CHECKPOINTS / rd.LAST)
-    done = int(state["epoch"])
+def _claim(run_dir: Path, epochs: int | None, lock: RunLock) -> bool:
+    """Rank 0 takes the run: a writable directory, its lock, and, under the lock, the checks again
+    (another resume may have finished it meanwhile). False: nothing to train."""
+    rd.writable_dir(run_dir, "the run directory")
+    lock.acquire(run_dir)
+    if _resumable(run_dir, epochs, decides=False) is None:
+        print(f"{run_dir} was completed meanwhile; nothing to train.", flush=True)
+        return False
+    return True
+
+
+def _resume_locked(run_dir: Path, cfg: ExperimentConfig, quiet: bool, world: World, epochs: int | None,
+                   lock: RunLock) -> Run:
     extend = epochs is not None  # even to the planned length: a run stopped early trains on
-    if epochs is not None and epochs < done:
-        raise UserError(f"--epochs {epochs}: the run has already trained {done} epochs; give a larger total.")
     if extend:
         cfg = with_overrides(cfg, {"train.epochs": epochs}, f"{run_dir / rd.CONFIG} with --epochs")
     device = world.device(resolve_device(cfg.train.device))
     world.start(cfg.distributed, device)
+    if not world.from_main(lambda: _claim(run_dir, epochs, lock)):
+        return Run(run_dir)
+    state = load_checkpoint(run_dir / rd.CHECKPOINTS / rd.LAST)
+    done = int(state["epoch"])
+    if epochs is not None and epochs < done:
+        raise UserError(f"--epochs {epochs}: the run has already trained {done} epochs; give a larger total.")
     prepare_process(device, cfg.train.threads)
     if world.is_main:
         dist.report_run_dir(run_dir)
     seed_everything(cfg.seed, cfg.deterministic)
     data = load_data(cfg.data, cfg.seed)
-    parts = _assemble(cfg, data, device, world, quiet or not world.is_main, load_transfer=False)
+    parts = _assemble(cfg, data, device, world, quiet or not world.is_main, new_run=False)
     trainer: Trainer | None = None
-    with _recorded(run_dir, world, lambda: trainer.epoch if trainer is not None else done):
+    if world.is_main:
+        write_status(run_dir, RunStatus.RUNNING, resumed_at_epoch=done, world_size=world.size, error=None,
+                     message=None, stop_reason=None, stop_message=None, signal=None, finished=None, **owner())
+    with _recorded(run_dir, world, _closer(lambda: trainer)):
         trainer = _trainer(cfg, data, parts, device, run_dir, quiet, world)
         trainer.load_state_dict(state, extend=extend)
         if world.is_main:
             rd.remove_stray_temp_files(run_dir)  # a kill during an atomic write can leave one behind
+            rd.write_history(run_dir, trainer.history)  # drop lines of epochs after the checkpoint
             if extend:
                 rd.atomic_write_text(run_dir / rd.CONFIG, dumps_toml(cfg))
-            rd.write_history(run_dir, trainer.history)  # drop lines of epochs after the checkpoint
-            write_status(run_dir, RunStatus.RUNNING, resumed_at_epoch=trainer.epoch, world_size=world.size,
-                         error=None, message=None, stop_reason=None, stop_message=None, signal=None, finished=None,
-                         **owner(), **({"extended_to": epochs} if extend else {}))
+                past = read_status(run_dir).get("extensions", [])
+                write_status(run_dir, RunStatus.RUNNING, extensions=[*past, {
+                    "from_epoch": done, "to_epochs": cfg.train.epochs, "at": datetime.now().isoformat(timespec="seconds")}])
         what = f"extending {run_dir} to {cfg.train.epochs} epochs" if extend else f"resuming {run_dir}"
         _say(f"{what} after epoch {trainer.epoch}/{cfg.train.epochs}", quiet or not world.is_main)
         return _train_and_finish(cfg, data, trainer, run_dir, quiet)
@@ -481,13 +573,10 @@ def _train_and_finish(cfg: ExperimentConfig, data: DataSplits, trainer: Trainer,
     world = trainer.world
     main = world.is_main
     quiet = quiet or not main
+    # An interrupt or an error is recorded by _recorded first, then the loggers are closed.
     try:
         trainer.fit()
-    except KeyboardInterrupt:
-        close_loggers(trainer.callbacks, "KILLED")
-        raise
     except Exception as e:
-        close_loggers(trainer.callbacks, "FAILED")
         _lost_contact(e, trainer, cfg, run_dir)
     stop = trainer.stop or Stop(StopReason.MAX_EPOCHS)
     nan = stop.reason is StopReason.NON_FINITE_LOSS
@@ -510,10 +599,7 @@ def _train_and_finish(cfg: ExperimentConfig, data: DataSplits, trainer: Trainer,
                 metrics = _evaluate_all(trainer, data, run_dir)
             except RunFailure as e:
                 failure = str(e)
-    except KeyboardInterrupt:
-        raise
     except Exception as e:
-        close_loggers(trainer.callbacks, "FAILED")
         _lost_contact(e, trainer, cfg, run_dir)
     if metrics is not None:
         if main:

@@ -24,7 +24,7 @@ import torch
 import cnnlab
 from cnnlab import rundir as rd
 from cnnlab.train import load_checkpoint
-from cnnlab.lifecycle import read_status
+from cnnlab.lifecycle import RunStatus, read_status, write_status
 from cnnlab.train.callbacks import Callback
 from cnnlab.train.distributed import World
 from cnnlab.errors import UserError
@@ -244,6 +244,20 @@ def test_one_process_run_resumes_with_two_processes(tmp_path):
     assert [h["epoch"] for h in rd.read_history(run_dir)] == [1, 2, 3, 4]
     ref = cnnlab.run(exp, runs_dir=tmp_path / "ref", quiet=True)
     assert_same_weights(weights(run_dir), weights(ref.dir))
+
+
+def test_a_stale_run_resumes_with_two_processes(tmp_path):
+    """Killed without a word (run.json still says running, its process gone): only rank 0 decides
+    whether the run is live, so rank 1 does not mistake rank 0's own lock for another trainer."""
+    exp = write_exp(tmp_path, "stale", epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        cnnlab.run(exp, runs_dir=tmp_path / "runs", quiet=True, extra_callbacks=[_InterruptAfter(1)])
+    run_dir = next((tmp_path / "runs" / "stale").iterdir())
+    write_status(run_dir, RunStatus.RUNNING, pid=2**22 + 12345)  # as a SIGKILL leaves it: no such process
+    res = cli(["resume", str(run_dir), "--devices", "2", "-q"])
+    assert res.returncode == 0, res.stderr
+    assert read_status(run_dir)["status"] == "completed"
+    assert [h["epoch"] for h in rd.read_history(run_dir)] == [1, 2, 3]
 
 
 def test_bad_input_in_the_workers_exits_2_once(tmp_path):

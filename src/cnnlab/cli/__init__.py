@@ -3,7 +3,8 @@ while running exits 1; a run stopped by SIGINT, SIGTERM or SIGHUP exits 128 + th
 saying how to continue it.
 
 Each command's code lives in one of the modules named in ``COMMANDS`` and is imported only when
-that command runs, so that listing commands start without importing torch, matplotlib or optuna.
+that command runs: a command loads only what it needs (``cnnlab run`` no sweep machinery, ``cnnlab
+resume`` no Optuna).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ..lifecycle import Interrupted
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("training", "cmd_run"),
     "resume": ("training", "cmd_resume"),
-    "sweep": ("training", "cmd_sweep"),
+    "sweep": ("sweeping", "cmd_sweep"),
     "evaluate": ("inspection", "cmd_evaluate"),
     "predict": ("inspection", "cmd_predict"),
     "diagnose": ("inspection", "cmd_diagnose"),
@@ -48,13 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", **sets)
     r.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    devices = dict(type=int, metavar="N", help="train with N processes on this machine (data-parallel; one per GPU on "
+    devices = dict(type=_positive, metavar="N", help="train with N processes on this machine (data-parallel; one per GPU on "
                                                "CUDA); default: [distributed] devices; ignored under torchrun")
     r.add_argument("--devices", **devices)
 
     r = add("resume", "continue an interrupted run from its last checkpoint, or train a finished one further")
     r.add_argument("run_dir")
-    r.add_argument("--epochs", type=int, metavar="N", help="train to N epochs in all (a completed run trains further "
+    r.add_argument("--epochs", type=_positive, metavar="N", help="train to N epochs in all (a completed run trains further "
                                                             "only when given this; the schedule is rebuilt for N)")
     r.add_argument("-q", "--quiet", action="store_true")
     r.add_argument("--devices", **devices)
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir")
     r.add_argument("images", nargs="+")
     r.add_argument("--checkpoint", default="best")
-    r.add_argument("--top", type=int, default=3, help="how many classes to show per image")
+    r.add_argument("--top", type=_positive, default=3, help="how many classes to show per image (at least 1)")
     r.add_argument("--json", action="store_true")
 
     r = add("diagnose", "find what went wrong in a run's training: evidence and remedies")
@@ -79,10 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = add("sweep", "hyperparameter search: grid, random, Optuna or a sequential chain; resumable")
     r.add_argument("sweep_file", help="sweep .toml file (docs/sweeps.md)")
-    r.add_argument("--workers", type=int, default=1, help="trials at once on this machine, as processes (default 1)")
+    r.add_argument("--workers", type=_positive, default=1, help="trials at once on this machine, as processes (default 1)")
     r.add_argument("--storage", help="Optuna storage URL shared by workers on many machines, e.g. postgresql://... "
                                      "(default: SQLite in the sweep directory)")
-    r.add_argument("--trials", type=int, help="how many trials (overrides the file; sequential: per stage)")
+    r.add_argument("--trials", type=_positive, help="how many trials (overrides the file; sequential: per stage)")
     r.add_argument("--runs-dir", default="sweeps", help="where sweep directories go (default: sweeps)")
     r.add_argument("--set", **sets)
     r.add_argument("--new", action="store_true", help="start a new sweep instead of continuing the same one")
@@ -103,6 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--show", metavar="NAME", help="print the module names of model NAME (what [transfer] patterns match)")
     add("datasets", "list the data set registry")
     return p
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is less than 1")
+    return n
 
 
 def _warning_line(message, category, filename, lineno, file=None, line=None):

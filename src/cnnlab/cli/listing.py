@@ -13,7 +13,7 @@ from rich.table import Table
 
 from .. import rundir as rd
 from ..data import DATASETS
-from ..lifecycle import read_status, shown_status
+from ..catalog import summarize
 from ..models import build_model, describe_models
 from ..report import write_runs_index
 
@@ -26,16 +26,12 @@ def _console():
 def cmd_runs(a: argparse.Namespace) -> None:
     root = Path(a.runs_dir)
     rows = []
+    damaged = []
     for status_file in sorted(root.glob(f"*/*/{rd.STATUS}")):
-        d = status_file.parent
-        st = read_status(d)
-        hist = rd.read_history(d)
-        vals = [h["val_acc"] for h in hist if h.get("val_acc") is not None]
-        m = rd.read_json(d / rd.METRICS) if (d / rd.METRICS).exists() else {}
-        test = m.get("test", {}).get("accuracy")
-        rows.append((st.get("name", d.parent.name), st.get("started", d.name)[:19].replace("T", " "),
-                     st.get("dataset", "?"), st.get("model", "?"), f"{max(vals):.4f}" if vals else "-",
-                     f"{test:.4f}" if test is not None else "-", shown_status(d, st) if st else "?", str(d)))
+        s = summarize(status_file.parent)
+        if s.damaged:
+            damaged.append(s)
+        rows.append((s.name, s.started, s.dataset, s.model, _acc(s.best_val_acc), _acc(s.test_acc), s.status, str(s.dir)))
     if a.html:
         print(f"index: {write_runs_index(root)}")
     if not rows:
@@ -50,6 +46,12 @@ def cmd_runs(a: argparse.Namespace) -> None:
     for r in rows:
         table.add_row(*r)
     _console().print(table)
+    for s in damaged:
+        print(f"damaged: {s.dir}: {s.damaged}")
+
+
+def _acc(v: float | None) -> str:
+    return f"{v:.4f}" if v is not None else "-"
 
 
 def _print_groups(rows: list[tuple], root: Path) -> None:

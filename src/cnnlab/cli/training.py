@@ -1,11 +1,10 @@
-"""``cnnlab run``, ``cnnlab resume`` and ``cnnlab sweep``."""
+"""``cnnlab run`` and ``cnnlab resume``."""
 
 from __future__ import annotations
 
 import argparse
 
 from ..runner import resume, run
-from ..sweep import sweep
 
 
 def cmd_run(a: argparse.Namespace) -> None:
@@ -14,8 +13,3 @@ def cmd_run(a: argparse.Namespace) -> None:
 
 def cmd_resume(a: argparse.Namespace) -> None:
     resume(a.run_dir, quiet=a.quiet, devices=a.devices, epochs=a.epochs)
-
-
-def cmd_sweep(a: argparse.Namespace) -> None:
-    sweep(a.sweep_file, workers=a.workers, storage=a.storage, trials=a.trials, runs_dir=a.runs_dir,
-          overrides=a.set, new=a.new, quiet=a.quiet)

@@ -19,6 +19,7 @@ import torch
 
 from ..config import DataConfig
 from ..errors import UserError
+from ..limits import check_fits
 from ._registry import DATASETS, RawData, short_list
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -96,6 +97,11 @@ def load_data(cfg: DataConfig, seed: int) -> DataSplits:
 
     # Class subset: old label -> new label, -1 for classes left out.
     keep, class_names = _class_subset(cfg.classes, raw.class_names, cfg.dataset)
+    if len(class_names) < 2:
+        raise UserError(f"data set {cfg.dataset!r} ({raw.source}) has {len(class_names)} class"
+                        f"{'' if len(class_names) == 1 else 'es'} ({', '.join(class_names) or 'none'}): a classifier "
+                        f"needs at least two (with one, every prediction is right and accuracy 1.0 means nothing). "
+                        f"Add class folders, or select two or more classes with data.classes.")
     relabel = np.full(len(raw.class_names), -1, dtype=np.int64)
     relabel[keep] = np.arange(len(keep))
     new_y = relabel[pool_y]  # (N_pool,)
@@ -133,6 +139,10 @@ def load_data(cfg: DataConfig, seed: int) -> DataSplits:
         )
 
     size = cfg.image_size
+    if size is not None:
+        n_images = len(train_idx) + len(test_idx) + (len(val_idx) if val_idx is not None else 0)
+        check_fits(n_images * raw.train_x.shape[-1] * size * size, f"{n_images:,} images resized to {size}x{size}",
+                   "lower data.image_size, or use fewer images (data.per_class, data.classes)")
     train = _make_split(raw, train_idx, new_y, size)
     val = _make_split(raw, val_idx, new_y, size) if val_idx is not None else None
     test = _make_split(raw, test_idx, new_y, size)

@@ -11,7 +11,6 @@ warnings and errors. The findings, their triggers and example outputs: docs/diag
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import textwrap
@@ -27,7 +26,6 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import rundir as rd
-from ..errors import UserError
 from ..lifecycle import read_status
 from ..registry import Registry
 from ..train.stats import read_stats
@@ -145,20 +143,12 @@ def load_context(run_dir: str | Path) -> RunContext:
     """Parse a run directory; a folder that is not a run, or an unreadable file, is a UserError."""
     d = rd.require_run_dir(run_dir)
 
-    def parse(name: str, fn: Callable[[], Any], default: Any) -> Any:
-        try:
-            return fn() if (d / name).exists() else default
-        except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError, KeyError) as e:
-            raise UserError(f"cannot read {d / name}: {e}. The run directory is damaged; diagnose another run.") from None
-
-    return RunContext(
-        dir=d,
-        config=parse(rd.CONFIG, lambda: tomllib.loads((d / rd.CONFIG).read_text(encoding="utf-8")), {}),
-        status=read_status(d),
-        history=parse(rd.HISTORY, lambda: rd.read_history(d), []),
-        metrics=parse(rd.METRICS, lambda: rd.read_json(d / rd.METRICS), {}),
-        stats=parse(rd.STATS, lambda: read_stats(d), []),
-    )
+    try:
+        config = tomllib.loads((d / rd.CONFIG).read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise rd.damaged(d / rd.CONFIG, f"it is not TOML ({' '.join(str(e).split())[:200]})") from None
+    return RunContext(dir=d, config=config, status=read_status(d, strict=True), history=rd.read_history(d),
+                      metrics=rd.read_metrics(d), stats=read_stats(d))
 
 
 

@@ -11,7 +11,7 @@
 Importing the package registers every model (each builder's module registers its own).
 """
 
-from ._builder import MODELS, SOFTMAX_WARNING, ModelParams, build_model, describe_models
+from ._builder import MODELS, SOFTMAX_WARNING, ModelParams, ModelSize, build_model, describe_models, model_size
 
 # The order of these imports is the order of `cnnlab models` (registration order): own models first.
 from .convnets import PRESETS, CNNParams, MLPParams, ResNetParams, build_cnn, build_mlp, build_resnet18  # isort: skip
@@ -21,7 +21,7 @@ from .layers import (ACTIVATIONS, BLOCK_ORDERS, INITS, POOLS, Backbone, ImageCla
                      count_parameters, dry_run, output_layer, replace_output_layer)
 
 __all__ = [
-    "MODELS", "build_model", "describe_models", "ModelParams", "SOFTMAX_WARNING", "ImageClassifier", "Backbone",
+    "MODELS", "build_model", "describe_models", "ModelParams", "ModelSize", "model_size", "SOFTMAX_WARNING", "ImageClassifier", "Backbone",
     "RepeatChannels", "count_parameters", "dry_run", "output_layer", "replace_output_layer", "ACTIVATIONS", "POOLS",
     "BLOCK_ORDERS", "INITS", "CNNParams", "MLPParams", "ResNetParams", "PRESETS", "build_cnn", "build_mlp",
     "build_resnet18", "AirbenchNet", "AirbenchParams", "build_airbench", "patch_second_moment", "TorchvisionParams",

@@ -19,12 +19,15 @@ from __future__ import annotations
 import json
 import types
 import warnings
+from dataclasses import dataclass
 from typing import Annotated, Any, Callable, Literal, Mapping, Union, get_args, get_origin
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..config import ModelConfig, entry_params, validation_message
 from ..errors import UserError
+from ..limits import check_fits
 from ..registry import Registry
 from .layers import INITS, ImageClassifier, InitName
 
@@ -34,7 +37,7 @@ MODELS: Registry[Callable[..., ImageClassifier]] = Registry("model")
 class ModelParams(BaseModel):
     """The keys every model takes; each entry's parameter model extends it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     softmax_output: bool = Field(
         False, description="apply softmax in the output layer (seeds 000/002); cross-entropy then sees probabilities"
@@ -57,17 +60,20 @@ def _check_input_shape(input_shape: Any) -> tuple[int, int, int]:
     return shape  # type: ignore[return-value]
 
 
-def build_model(
-    cfg_model: ModelConfig | Mapping[str, Any], input_shape: tuple[int, int, int], num_classes: int
-) -> ImageClassifier:
-    """Build the model named by ``cfg_model.name`` for images of ``input_shape`` = (C, H, W).
+@dataclass(frozen=True)
+class ModelSize:
+    """What a model will hold, known before it is built: ``parameters`` (values) and, when a forward
+    pass on the meta device works for it, ``activations``: the values all its layers output for one
+    image (what a training batch keeps for the backward pass, per image)."""
 
-    ``cfg_model`` is a :class:`~cnnlab.config.ModelConfig` (or a dict like ``{"name": "cnn",
-    "channels": [32, 64]}``). Its extra keys are validated against the entry's parameter model
-    (bad keys raise ``UserError``). Applies ``init`` and sets ``model.softmax_output``; when that
-    is true a ``UserWarning`` explains that the output layer applies softmax before cross-entropy.
-    Returns an :class:`ImageClassifier` with ``features`` and ``head``.
-    """
+    parameters: int
+    activations: int | None
+
+
+def _resolve(cfg_model: ModelConfig | Mapping[str, Any], input_shape: Any,
+             num_classes: int) -> tuple[ModelConfig, Any, tuple[int, int, int], dict[str, Any]]:
+    """(config, the entry, validated input shape, the builder's keyword arguments): every check on
+    the model's keys, before anything is built."""
     if not isinstance(cfg_model, ModelConfig):
         try:
             cfg_model = ModelConfig.model_validate(dict(cfg_model))
@@ -85,7 +91,60 @@ def build_model(
             validation_message(e, "model config", "model")[:-1] + f". Keys of model {cfg_model.name!r}: name, {keys}."
         ) from None
     kwargs = {"name": cfg_model.name[len(entry.name):]} if entry.prefix else {}
-    model = entry.obj(params, input_shape, int(num_classes), **kwargs)
+    return cfg_model, entry, input_shape, {"params": params, **kwargs}
+
+
+def model_size(cfg_model: ModelConfig | Mapping[str, Any], input_shape: tuple[int, int, int],
+               num_classes: int) -> ModelSize | None:
+    """The :class:`ModelSize` of a model, measured by building it on PyTorch's meta device (shapes
+    only, no memory) and running one image through it there. None when the model cannot be built
+    that way (some library models); bad keys raise UserError as in :func:`build_model`."""
+    cfg_model, entry, shape, kw = _resolve(cfg_model, input_shape, num_classes)
+    params = kw.pop("params")
+    outputs: list[int] = []
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = entry.obj(params, shape, int(num_classes), **kw)
+            n_params = sum(p.numel() for p in model.parameters())
+            leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+            hooks = [m.register_forward_hook(lambda m, i, o: outputs.append(o.numel() if isinstance(o, torch.Tensor)
+                                                                            else 0)) for m in leaves]
+            try:
+                model.eval()(torch.zeros(1, *shape))
+                acts: int | None = sum(outputs)
+            except Exception:  # a layer without a meta implementation: the parameters are still known
+                acts = None
+            for h in hooks:
+                h.remove()
+    except UserError:
+        raise
+    except Exception:
+        return None
+    return ModelSize(int(n_params), acts)
+
+
+def build_model(
+    cfg_model: ModelConfig | Mapping[str, Any], input_shape: tuple[int, int, int], num_classes: int
+) -> ImageClassifier:
+    """Build the model named by ``cfg_model.name`` for images of ``input_shape`` = (C, H, W).
+
+    ``cfg_model`` is a :class:`~cnnlab.config.ModelConfig` (or a dict like ``{"name": "cnn",
+    "channels": [32, 64]}``). Its extra keys are validated against the entry's parameter model
+    (bad keys raise ``UserError``). A model whose parameters alone would not fit in the memory
+    available is refused before it is built (:func:`model_size`). Applies ``init`` and sets
+    ``model.softmax_output``; when that is true a ``UserWarning`` explains that the output layer
+    applies softmax before cross-entropy. Returns an :class:`ImageClassifier` with ``features``
+    and ``head``.
+    """
+    cfg_model, entry, input_shape, kw = _resolve(cfg_model, input_shape, num_classes)
+    size = model_size(cfg_model, input_shape, num_classes)
+    if size is not None:
+        check_fits(4 * size.parameters, f"model {cfg_model.name!r} with {size.parameters:,} parameters",
+                   "make it smaller (fewer or narrower layers, a smaller data.image_size for models whose head grows "
+                   "with the image)")
+    params = kw.pop("params")
+    model = entry.obj(params, input_shape, int(num_classes), **kw)
     if not isinstance(model, ImageClassifier):
         raise TypeError(f"model {cfg_model.name!r}: its builder returned a {type(model).__name__}, not an ImageClassifier")
     init = INITS[params.init] if isinstance(params, ModelParams) else None

@@ -43,12 +43,9 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
     ``train_seconds`` (run.json, else the sum of history.jsonl's ``seconds``), ``images_per_s``
     (mean of history.jsonl's per-epoch ``images_per_s``) and ``history``. Missing values are None."""
     d = rd.require_run_dir(run_dir)
-    st = read_status(d)
-    try:
-        history = rd.read_history(d)
-    except (OSError, ValueError):
-        history = []
-    metrics = rd.read_json(d / rd.METRICS) if (d / rd.METRICS).exists() else {}
+    st = read_status(d, strict=True)
+    history = rd.read_history(d)
+    metrics = rd.read_metrics(d)
     head = metrics.get(HEADLINE_SPLIT, {})
     params = parameter_count(d)
     secs = [h["seconds"] for h in history if h.get("seconds") is not None]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from .. import rundir as rd
 from ..errors import UserError
-from ..lifecycle import read_status, shown_status
+from ..catalog import summarize
 from .html import Markup, Page, esc, fmt, href, note, table, tag
 
 
@@ -35,23 +34,13 @@ def write_runs_index(root: str | Path) -> Path:
     for d in _find(root, rd.STATUS):
         if not rd.is_run_dir(d):
             continue
-        st = read_status(d)
-        try:
-            hist = rd.read_history(d)
-        except (OSError, json.JSONDecodeError):
-            hist = []
-        vals = [h["val_acc"] for h in hist if h.get("val_acc") is not None]
-        try:
-            m = rd.read_json(d / rd.METRICS) if (d / rd.METRICS).exists() else {}
-        except (OSError, json.JSONDecodeError):
-            m = {}
-        test = m.get("test", {}).get("accuracy")
+        s = summarize(d)
         rel = Path(os.path.relpath(d, root)).as_posix()
         link = tag("a", "report", href=href(d / rd.REPORT, root)) if (d / rd.REPORT).exists() \
             else Markup(f'<span title="{esc("cnnlab report " + str(d))}">no report yet</span>')
-        rows.append((str(st.get("started", d.name)), [st.get("name", d.parent.name), str(st.get("started", d.name))[:19].replace("T", " "),
-                     st.get("dataset", "-"), st.get("model", "-"), fmt(max(vals)) if vals else "-", fmt(test),
-                     shown_status(d, st) if st else "-", rel, link]))
+        status = Markup(f'<span title="{esc(s.damaged)}">damaged</span>') if s.damaged else s.status
+        rows.append((s.started, [s.name, s.started, s.dataset, s.model, fmt(s.best_val_acc), fmt(s.test_acc),
+                                 status, rel, link]))
     rows.sort(key=lambda t: t[0], reverse=True)
     page = Page(f"cnnlab runs in {root.name or root}", root, f"{root.resolve()}")
     head = ["name", "date", "data set", "model", "best val acc", "test acc", "status", "directory", "report"]

@@ -34,7 +34,7 @@ from ..data import DataSplits, Normalizer, load_data
 from ..errors import UserError
 from ..experiment import load_config
 from ..inference import load_model
-from ..lifecycle import read_status, stop_reason_of
+from ..lifecycle import read_status, shown_status, stop_reason_of
 from ..models import count_parameters
 from ..registry import Registry
 from ..train import read_stats
@@ -76,13 +76,15 @@ class RunReport:
     model and the predictions on first use. ``page`` takes the figures."""
 
     def __init__(self, run_dir: Path, page: Page, data: DataSplits | None = None):
+        # A file the run has not written yet (a running or failed run) is left out of the page; a
+        # damaged one is a UserError naming it.
         self.dir, self.page = Path(run_dir), page
-        self.status: dict[str, Any] = read_status(self.dir)
+        self.status: dict[str, Any] = read_status(self.dir, strict=True)
         self.env: dict[str, Any] = self._json(rd.ENV) or {}
-        self.metrics: dict[str, Any] = self._json(rd.METRICS) or {}
+        self.metrics: dict[str, Any] = rd.read_metrics(self.dir)
         self.diagnostics: dict[str, Any] | None = self._json(rd.DIAGNOSTICS)
-        self.history = self._lines(lambda: rd.read_history(self.dir))
-        self.stats = self._lines(lambda: read_stats(self.dir))
+        self.history = rd.read_history(self.dir)
+        self.stats = read_stats(self.dir)
         self.config_text = (self.dir / rd.CONFIG).read_text(encoding="utf-8", errors="replace")
         self.cfg = None
         self.cfg_error: str | None = None
@@ -97,17 +99,7 @@ class RunReport:
     # ------------------------------------------------------------------------- file reading
     def _json(self, name: str) -> Any:
         p = self.dir / name
-        try:
-            return rd.read_json(p) if p.exists() else None
-        except (OSError, json.JSONDecodeError):
-            return None
-
-    @staticmethod
-    def _lines(read: Callable[[], list]) -> list:
-        try:
-            return read()
-        except (OSError, json.JSONDecodeError):  # a run killed mid-write of an older, non-atomic file
-            return []
+        return rd.read_json(p) if p.exists() else None
 
     def _lazy(self, key: str, load: Callable[[], Any]) -> Any:
         """``load()`` once; its exception is kept and raised again on every later call."""
@@ -238,7 +230,7 @@ def _load_model_cpu(run_dir: Path):
 @SECTIONS.register("summary", summary="name, data, model, device, duration, final metrics")
 def section_summary(r: RunReport) -> Markup:
     st, env, cfg = r.status, r.env, r.cfg
-    status = str(st.get("status", "unknown"))
+    status = shown_status(r.dir, st) if st else "unknown"
     if st.get("error"):
         status += f" ({st['error']})"
     elif st.get("stop_message") or st.get("stop_reason"):

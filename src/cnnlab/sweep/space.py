@@ -8,23 +8,26 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import itertools
 import json
 import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..config import apply_overrides, flatten, parse_override, read_toml, validation_message
+from ..config import apply_overrides, check_name, flatten, parse_override, read_toml, validation_message
 from ..errors import RunFailure, UserError
 from ..experiment import load_config, validate_config
 from ..registry import Registry
 
 if TYPE_CHECKING:
     import optuna
+
+GRID_MAX = 10_000  # combinations a sweep plans at most (each is at least one training run)
+SWEEP_SEED_MAX = 2**31 - 1
 
 # Metrics kept for every trial besides the sweep's own: the ranked table shows them.
 SUMMARY_METRICS = ("val.accuracy", "val.loss", "test.accuracy", "test.loss")
@@ -39,7 +42,7 @@ PLAN_WAIT_S = 120    # how long a worker waits for another worker to finish queu
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class RangeSpec(_Strict):
@@ -70,7 +73,7 @@ class StageConfig(_Strict):
 
     name: str | None = None
     strategy: str = "grid"
-    trials: int | None = Field(None, ge=1)
+    trials: int | None = Field(None, ge=1, le=1_000_000)
     space: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -85,17 +88,17 @@ class SweepConfig(_Strict):
     pruner: str = "none"
     metric: str = "val.accuracy"
     direction: Literal["maximize", "minimize"] = "maximize"
-    trials: int | None = Field(None, ge=1)
-    repeats: int = Field(1, ge=1, description="seeds per configuration (seed, seed+1, ...); ranked by the mean")
-    seed: int = Field(0, description="seed of the random plan and the sampler")
+    trials: int | None = Field(None, ge=1, le=1_000_000)
+    repeats: int = Field(1, ge=1, le=100, description="seeds per configuration (seed, seed+1, ...); ranked by the mean")
+    seed: int = Field(0, ge=0, le=SWEEP_SEED_MAX, description="seed of the random plan and the sampler (0 to 2^31 - 1: "
+                      "Optuna's samplers take 32-bit seeds, and each worker adds its number)")
     space: dict[str, Any] = Field(default_factory=dict)
     stages: list[StageConfig] = Field(default_factory=list)
 
-    @model_validator(mode="after")
-    def _check_name(self) -> "SweepConfig":
-        if "/" in self.name or "\\" in self.name or self.name in {".", ".."}:
-            raise ValueError("name must not contain path separators (it names the sweep directory)")
-        return self
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str) -> str:
+        return check_name(v)
 
 
 # ------------------------------------------------------------------------------ parameters
@@ -130,17 +133,18 @@ class Param:
             return IntDistribution(int(s.low), int(s.high), log=s.log, step=int(s.step or 1))
         return FloatDistribution(float(s.low), float(s.high), log=s.log, step=s.step)
 
-    def grid(self, where: str) -> list:
+    def grid(self, where: str) -> Sequence:
+        """The key's values in order, as a sequence computed on demand (a range of 10^9 values
+        costs nothing until a value is asked for)."""
         if self.choices is not None:
             return list(self.choices)
         s = self.spec
         if s.is_int:
-            return list(range(int(s.low), int(s.high) + 1, int(s.step or 1)))
+            return range(int(s.low), int(s.high) + 1, int(s.step or 1))
         if s.step is None:
             raise UserError(f"{where}: space key {self.key!r} is a continuous range; a grid needs a list of "
                             f"values or a range with a step ({{low, high, step}}).")
-        n = int(math.floor((s.high - s.low) / s.step + 1e-9))
-        return [round(s.low + i * s.step, 12) for i in range(n + 1)]
+        return _Steps(float(s.low), float(s.step), int(math.floor((s.high - s.low) / s.step + 1e-9)) + 1)
 
     def decode(self, value: Any) -> Any:
         return json.loads(value) if self.encoded else value
@@ -196,11 +200,49 @@ class Stage:
     trials: int | None
 
 
+class _Steps(Sequence):
+    """``low + i * step`` for i in 0..n-1 (rounded to 12 decimals), without a list."""
+
+    def __init__(self, low: float, step: float, n: int):
+        self.low, self.step, self.n = low, step, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.n))]
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        return round(self.low + (i % self.n) * self.step, 12)
+
+
+def grid_size(params: list[Param], where: str) -> int:
+    """How many combinations the grid of ``params`` has (computed, not enumerated)."""
+    return math.prod(len(p.grid(where)) for p in params)
+
+
+def _combination(params: list[Param], grids: list[Sequence], index: int) -> dict:
+    """The ``index``-th combination in file order (the last key varies fastest)."""
+    values = []
+    for g in reversed(grids):
+        index, r = divmod(index, len(g))
+        values.append(g[r])
+    return dict(zip([p.key for p in params], reversed(values)))
+
+
 def plan_grid(params: list[Param], trials: int | None, seed: int, where: str) -> list[dict]:
-    """Every combination in file order (the first ``trials`` when that is smaller)."""
+    """Every combination in file order (the first ``trials`` when that is smaller). A grid of more
+    than GRID_MAX combinations without ``trials`` is refused before any is built."""
     grids = [p.grid(where) for p in params]
-    combos = [dict(zip([p.key for p in params], c)) for c in itertools.product(*grids)]
-    return combos[:trials] if trials else combos
+    total = math.prod(len(g) for g in grids)
+    if total > GRID_MAX and not (trials and trials <= GRID_MAX):
+        sizes = " x ".join(f"{p.key} {len(g):,}" for p, g in zip(params, grids))
+        raise UserError(f"{where}: the grid has {total:,} combinations ({sizes}); a sweep plans at most "
+                        f"{GRID_MAX:,}. List fewer values or a coarser step, set trials = N (the first N), or use "
+                        f"strategy = \"random\" with trials = N.")
+    n = min(total, trials) if trials else total
+    return [_combination(params, grids, i) for i in range(n)]
 
 
 def plan_random(params: list[Param], trials: int | None, seed: int, where: str) -> list[dict]:
@@ -210,12 +252,12 @@ def plan_random(params: list[Param], trials: int | None, seed: int, where: str) 
 
     if not trials:
         raise UserError(f"{where}: random search needs trials = N (how many configurations to draw).")
-    try:
-        grid = plan_grid(params, None, seed, where)
-    except UserError:
-        grid = None  # a continuous range: sample freely
-    if grid is not None:
-        return random.Random(seed).sample(grid, min(trials, len(grid)))
+    if all(p.choices is not None or p.spec.is_int or p.spec.step is not None for p in params):
+        # A finite space: indices drawn without replacement (random.sample picks the same ones from a
+        # range as from the list of every combination), so no combination is built unless drawn.
+        grids = [p.grid(where) for p in params]
+        total = math.prod(len(g) for g in grids)
+        return [_combination(params, grids, i) for i in random.Random(seed).sample(range(total), min(trials, total))]
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     dists = {p.key: p.distribution() for p in params}
     return [study.ask(dists).params for _ in range(trials)]

@@ -5,9 +5,7 @@ trials atomically, record heartbeats, and requeue the trials of workers that die
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
-import json
 import os
 import random
 import socket
@@ -21,6 +19,11 @@ from typing import TYPE_CHECKING, Any
 from .. import rundir as rd
 from ..errors import RunFailure, UserError
 from .space import PRUNERS, SAMPLERS, SweepContext
+
+try:  # POSIX
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     import optuna
@@ -91,16 +94,16 @@ def safe_url(url: str) -> str:
 def sweep_dir(runs_dir: Path, name: str, fingerprint: str, new: bool) -> Path:
     """``runs_dir/name/<timestamp>``: the latest one with this fingerprint, else a new one. A file
     lock makes workers started together on one machine agree on one directory."""
-    root = runs_dir / name
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    root = rd.writable_dir(runs_dir / name, "--runs-dir")
+    with open(root / rd.LOCK, "a+") as lock:
+        if fcntl is not None:  # elsewhere (Windows) workers started at once may make two directories
+            fcntl.flock(lock, fcntl.LOCK_EX)
         if not new:
             for d in sorted((p for p in root.iterdir() if (p / rd.SWEEP_JSON).is_file()), reverse=True):
                 try:
                     if rd.read_json(d / rd.SWEEP_JSON).get("fingerprint") == fingerprint:
                         return d
-                except (OSError, json.JSONDecodeError):
+                except UserError:  # a damaged sweep.json: that folder is not this sweep
                     continue
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         for i in range(1000):

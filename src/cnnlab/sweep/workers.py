@@ -150,17 +150,18 @@ def _work(ctx: SweepContext, worker: int) -> None:
 
 def _child(ctx: SweepContext, worker: int, threads: int, gpu: str | None) -> None:
     """Entry point of a spawned worker process."""
-    die_with_parent(signal.SIGKILL)  # die with the parent (SIGKILL included) instead of running on as an orphan
+    die_with_parent(getattr(signal, "SIGKILL", signal.SIGTERM))  # die with the parent instead of running on as an orphan
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before torch initializes CUDA in this process (at its first use)
     torch.set_num_threads(threads)
     try:
-        _work(ctx, worker)
+        with interrupt_signals():  # a SIGTERM between trials unwinds too, requeueing nothing it has not claimed
+            _work(ctx, worker)
     except UserError as e:
         print(f"error: worker {worker}: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        sys.exit(as_interrupted(e).exit_code)
 
 
 def _cores() -> int:
@@ -184,6 +185,9 @@ def sweep(path: str | Path, *, workers: int = 1, storage: str | None = None, tri
     """
     if workers < 1:
         raise UserError(f"--workers {workers}: must be at least 1.")
+    if workers > 4 * _cores():
+        raise UserError(f"--workers {workers}: this machine has {_cores()} CPU core(s); each worker is a training "
+                        f"process, so use at most {4 * _cores()} (the same number as cores is usually fastest).")
     ctx = load_sweep(path, overrides, trials)
     ctx.workers, ctx.quiet = workers, quiet
     ctx.dir = sweep_dir(Path(runs_dir), ctx.cfg.name, ctx.fingerprint, new).resolve()
@@ -227,8 +231,12 @@ def _spawn(ctx: SweepContext, workers: int) -> None:
         if as_interrupted(e).signum != signal.SIGINT:  # Ctrl-C reaches the whole process group; others not
             for p in procs:
                 p.terminate()
-        for p in procs:  # give them time to requeue their trials
-            p.join(timeout=30)
+        deadline = time.monotonic() + 30  # one wait for all: time to requeue their trials
+        for p in procs:
+            p.join(timeout=max(0.0, deadline - time.monotonic()))
+        for p in procs:
+            if p.is_alive():
+                p.kill()
         raise
     bad = [(i, p.exitcode) for i, p in enumerate(procs) if p.exitcode != 0]
     if any(code == 2 for _, code in bad):

@@ -42,7 +42,7 @@ import torch.nn as nn
 
 from ..config import DistributedConfig
 from ..errors import RunFailure, UserError
-from ..lifecycle import Stop
+from ..lifecycle import INTERRUPT_SIGNALS, Interrupted, Stop
 
 T = TypeVar("T")
 
@@ -197,8 +197,9 @@ class World:
         return out
 
     def from_main(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on rank 0 only and give its result (picklable) to every process. A UserError or
-        RunFailure raised by ``fn`` is raised on every process, so none waits for the others."""
+        """Run ``fn`` on rank 0 only and give its result (picklable) to every process. An exception
+        raised by ``fn`` is raised on every process (rank 0 its own, the others a UserError, or a
+        RunFailure saying what rank 0 hit), so none waits for the others."""
         if not self.enabled:
             return fn()
         import torch.distributed as dist
@@ -207,8 +208,11 @@ class World:
         if self.is_main:
             try:
                 payload[0] = ("ok", fn())
-            except (UserError, RunFailure) as e:
-                payload[0] = (type(e).__name__, str(e))
+            except BaseException as e:
+                kind = "UserError" if isinstance(e, UserError) else "RunFailure"
+                text = str(e) if isinstance(e, (UserError, RunFailure)) else \
+                    f"process 0 stopped ({type(e).__name__}: {_first_line(e)})"
+                payload[0] = (kind, text)
                 dist.broadcast_object_list(payload, src=0)
                 raise
         dist.broadcast_object_list(payload, src=0)
@@ -369,6 +373,7 @@ def launch(args: list[str], devices: int, *, grace_s: float = 10.0, poll_s: floa
             _stop_all(procs, grace_s)
     except BaseException:  # KeyboardInterrupt or an error in the launcher itself: never leave workers behind
         _stop_all(procs, grace_s=2.0)
+        _cleanup(logs)
         raise
     finally:
         for f in files:
@@ -389,6 +394,11 @@ def launch(args: list[str], devices: int, *, grace_s: float = 10.0, poll_s: floa
     msg = f"{what}; the other processes were stopped.{where} {said}"
     if rc == 2:
         raise UserError(msg)
+    interrupted = {128 + s: s for s in INTERRUPT_SIGNALS}
+    if rank == 0 and rc in interrupted:  # rank 0 was stopped by a signal (and recorded it)
+        name = signal.Signals(interrupted[rc]).name
+        raise Interrupted(interrupted[rc], f"process 0 of {devices} was interrupted by {name}; the other processes "
+                                           f"were stopped." + (f" Continue with: cnnlab resume {run_dir}" if run_dir else ""))
     raise RunFailure(msg)
 
 

@@ -20,7 +20,7 @@ LOSSES: Registry = Registry("loss")
 
 
 class FocalParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     gamma: float = Field(2.0, ge=0, description="focusing parameter; 0 = cross-entropy")
 
 

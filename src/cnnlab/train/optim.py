@@ -128,7 +128,7 @@ def _group_scales(opt: torch.optim.Optimizer, t: TrainConfig) -> list[float]:
 
 # -------------------------------------------------------------------------------- schedulers
 class _P(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class StepParams(_P):

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 import torch.nn as nn
 
-from ..rundir import STATS, atomic_write_text
+from ..rundir import STATS, atomic_write_text, read_jsonl
 from .callbacks import CALLBACKS, Callback
 from .device import autocast
 
@@ -278,8 +278,6 @@ class TrainingStats(Callback):
 
 
 def read_stats(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The records of ``stats.jsonl`` (an empty list when the run has none)."""
-    p = Path(run_dir) / STATS
-    if not p.exists():
-        return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    """The records of ``stats.jsonl`` (an empty list when the run has none; a damaged file is a
+    UserError naming it)."""
+    return read_jsonl(Path(run_dir) / STATS, ("epoch", "layers"))

@@ -106,6 +106,12 @@ class Trainer:
     def should_stop(self) -> bool:
         return self.stop is not None
 
+    @should_stop.setter
+    def should_stop(self, value: bool) -> None:
+        # Callbacks written for earlier versions set this flag: it is a request with no message.
+        if value:
+            self.request_stop(Stop(StopReason.CALLBACK))
+
     def request_stop(self, stop: Stop) -> None:
         """End training after this epoch; the first request of an epoch is the one recorded."""
         if self.stop is None:
@@ -403,6 +409,9 @@ def check_training_setup(cfg: ExperimentConfig, train_shape: tuple[int, ...], wo
                         f"number of processes ({world.size}): each process trains on its share of it.")
     aug = cfg.data.augment
     side = min(train_shape[-2:]) if len(train_shape) == 4 else 0
+    if aug.crop_padding > side:
+        raise UserError(f"data.augment.crop_padding = {aug.crop_padding} is larger than the {side}-pixel images: a "
+                        f"crop would then be mostly border; use at most {side} (a few pixels is usual).")
     most = max_crop_padding(aug.padding_mode, side)
     if aug.crop_padding and most is not None and aug.crop_padding > most:
         raise UserError(f"data.augment.crop_padding = {aug.crop_padding} is too large for padding_mode = "

@@ -23,7 +23,7 @@ from ..config import TransferConfig
 from ..errors import UserError
 from ..models import output_layer
 from .callbacks import CALLBACKS, Callback, eval_weights
-from .checkpoints import load_checkpoint
+from .checkpoints import load_checkpoint, load_error_line, refused_global
 
 if TYPE_CHECKING:  # annotations only: the trainer imports this module
     from .trainer import Trainer
@@ -130,7 +130,12 @@ def _pretrained_state(t: TransferConfig, download: bool) -> tuple[dict[str, torc
         try:
             sd = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise UserError(f"cannot read transfer.weights_path {str(p)!r}: {str(e).splitlines()[0][:200]}.") from None
+            refused = refused_global(e)
+            if refused is not None:
+                raise UserError(f"refused transfer.weights_path {str(p)!r}: it holds a Python object ({refused}) besides "
+                                f"tensors, and loading it could run code on this machine; save the state_dict alone "
+                                f"(torch.save(model.state_dict(), path)).") from None
+            raise UserError(f"cannot read transfer.weights_path {str(p)!r}: {load_error_line(e)}.") from None
         for key in ("state_dict", "model"):
             if isinstance(sd, dict) and isinstance(sd.get(key), dict):
                 sd = sd[key]
