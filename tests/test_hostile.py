@@ -170,8 +170,9 @@ def test_the_memory_limit_is_what_the_machine_has(ws, capsys, monkeypatch):
 
 
 def test_a_model_or_batch_that_cannot_fit_is_refused_before_it_is_built(ws, capsys):
-    refused(ws, capsys, ["run", "small.toml", "--set", "model.channels=[100000, 100000]", "--set",
-                         "model.hidden=[100000]"], "parameters", "would need about", "smaller")
+    refused(ws, capsys, ["run", "small.toml", "--set", "model.channels=[100000]"], "model.channels.0", "65536")
+    refused(ws, capsys, ["run", "small.toml", "--set", "model.channels=[60000, 60000]", "--set",
+                         "model.hidden=[60000]"], "parameters", "would need about", "smaller")
     refused(ws, capsys, ["run", "small.toml", "--set", "model.channels=[2048, 2048]", "--set", "data.image_size=256",
                          "--set", "train.batch_size=256"], "batches of", "lower train.batch_size")
 

@@ -124,7 +124,7 @@ class EMAConfig(Strict):
 
 
 class TrainConfig(Strict):
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(10, ge=1, le=1_000_000)
     batch_size: int = Field(64, ge=1)
     drop_last: bool = Field(False, description="skip the last incomplete batch of every epoch (airbench); otherwise only a "
                             "last batch too small for BatchNorm (fewer than 2 images, or than processes) is skipped")
@@ -136,7 +136,8 @@ class TrainConfig(Strict):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    class_weights: list[Annotated[float, Field(ge=0)]] | Literal["balanced"] | None = None
+    class_weights: list[Annotated[float, Field(ge=0, le=1e6)]] | Literal["balanced"] | None = Field(
+        None, description="per-class weights of the loss (0 to 1e6, not all 0), or \"balanced\"")
     grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm to this value")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = Field("auto", description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
@@ -151,6 +152,13 @@ class TrainConfig(Strict):
     bn_weight_decay: float | None = Field(None, ge=0, description="weight decay of BatchNorm weights and biases; unset = weight_decay")
     ema: EMAConfig = Field(default_factory=EMAConfig)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+
+    @field_validator("class_weights")
+    @classmethod
+    def _some_weight(cls, v: Any) -> Any:
+        if isinstance(v, list) and v and not any(w > 0 for w in v):
+            raise ValueError("every class weight is 0: the loss would weigh no image")
+        return v
 
     @field_validator("scheduler", "loss", mode="before")
     @classmethod
@@ -305,6 +313,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()  # bare words are strings: --set model.name=mlp
+    except RecursionError:
+        raise UserError(f"--set {key}=...: the value nests too deeply to read.") from None
     return path, value
 
 
@@ -335,18 +345,35 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any] |
     return raw
 
 
+TOML_MAX_BYTES = 10_000_000  # an experiment or sweep file is a few kB; past this it is not one
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
+    """A config file's TOML as a dict; anything that is not a readable TOML file of sensible size
+    and nesting is a UserError naming it."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"config file {str(p)!r} does not exist.")
     if p.is_dir():
         raise UserError(f"{str(p)!r} is a directory; expected an experiment .toml file.")
+    if not p.is_file():  # a FIFO would block the read
+        raise UserError(f"{str(p)!r} is not a regular file (a FIFO, socket or device); expected an experiment .toml file.")
+    if p.stat().st_size > TOML_MAX_BYTES:
+        raise UserError(f"{str(p)!r} is {p.stat().st_size:,} bytes: not an experiment file (at most {TOML_MAX_BYTES:,}).")
     try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"TOML syntax error in {p}: {e}.") from None
+        return parse_toml(p.read_text(encoding="utf-8"), str(p))
     except UnicodeDecodeError:
-        raise UserError(f"{p} is not a UTF-8 text file; expected an experiment .toml file.") from None
+        raise UserError(f"{str(p)!r} is not a UTF-8 text file; expected an experiment .toml file.") from None
+
+
+def parse_toml(text: str, where: str) -> dict[str, Any]:
+    """TOML text as a dict; a syntax error, or nesting too deep to parse, is a UserError."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"TOML syntax error in {where}: {e}.") from None
+    except RecursionError:
+        raise UserError(f"{where} nests arrays or tables too deeply to read; a config needs a few levels.") from None
 
 
 def entry_params(cfg_section: Open, registry: Any) -> BaseModel | None:

@@ -17,7 +17,7 @@ import torch
 from . import rundir as rd
 from .config import ExperimentConfig
 from .data import Normalizer, load_data, read_image_files
-from .errors import UserError
+from .errors import RunFailure, UserError
 from .experiment import load_config, validate_config, with_overrides
 from .metrics import classification_report, compute_metrics, top_k
 from .models import ImageClassifier, build_model
@@ -76,6 +76,7 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", overrides: list[str]
         dev = DeviceSplit.of(split, device)
         probs, loss = predict_probs(inf.model, dev, norm, cfg.train.eval_batch_size, amp, loss_fn,
                                     channels_last=inf.channels_last, tta=cfg.train.tta, forward=inf.forward)
+        _check_finite(probs, f"the {name} split")
         out[name] = compute_metrics(split.y.numpy(), probs, meta["class_names"], loss)
     record = {"checkpoint": checkpoint, "epoch": state["epoch"], "overrides": overrides or [], "metrics": out}
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
@@ -103,6 +104,7 @@ def predict(run_dir: str | Path, images: list[str], checkpoint: str = "best", k:
     inf = Inference.of(model, cfg.train.model_copy(update={"compile": False}))
     probs, _ = predict_probs(inf.model, DeviceSplit(x, torch.zeros(len(x), dtype=torch.long)), norm, 256,
                              channels_last=inf.channels_last, tta=cfg.train.tta)
+    _check_finite(probs, "these images")
     names = meta["class_names"]
     idx, p = top_k(probs, min(k, len(names)))
     results = []
@@ -113,3 +115,9 @@ def predict(run_dir: str | Path, images: list[str], checkpoint: str = "best", k:
             alts = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in top)
             print(f"{path}: {top[0]['class']} ({alts})")
     return results
+
+
+def _check_finite(probs: np.ndarray, what: str) -> None:
+    if not np.isfinite(probs).all():
+        raise RunFailure(f"the model's outputs on {what} are not finite: its weights overflow on these inputs (a "
+                         f"checkpoint of a run whose learning rate was far too high?), so no metrics are computed.")

@@ -174,8 +174,8 @@ def read_status(run_dir: str | Path, strict: bool = False) -> dict[str, Any]:
                                    f"{', '.join(s.value for s in RunStatus)}")
         return st
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        d = rd.parse_json(rd.text_file(path), path)
+    except UserError:
         return {}
     return d if isinstance(d, dict) else {}
 
@@ -219,9 +219,10 @@ def _no_locks(path: Path, e: OSError) -> None:
 
 def lock_owner(run_dir: str | Path) -> dict[str, Any]:
     """The host, pid and start time the lock holder wrote into ``.lock`` ({} when unknown)."""
+    path = Path(run_dir) / rd.LOCK
     try:
-        d = json.loads((Path(run_dir) / rd.LOCK).read_text(encoding="utf-8") or "{}")
-    except (OSError, ValueError):
+        d = rd.parse_json(rd.text_file(path) or "{}", path)
+    except UserError:
         return {}
     return d if isinstance(d, dict) else {}
 
@@ -245,6 +246,8 @@ class RunLock:
         self.path = Path(run_dir) / rd.LOCK
         if fcntl is None:
             return self
+        if self.path.exists() and not self.path.is_file():
+            raise rd.damaged(self.path, "it is not a regular file")
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         for attempt in range(_ACQUIRE_TRIES):
             try:
@@ -286,9 +289,9 @@ def liveness(run_dir: str | Path, status: dict[str, Any] | None = None) -> Liven
     run_dir = Path(run_dir)
     st = read_status(run_dir) if status is None else status
     lock = run_dir / rd.LOCK
-    if fcntl is not None and lock.is_file():
+    if fcntl is not None and lock.is_file():  # is_file: a FIFO would block the open
         try:
-            fd = os.open(lock, os.O_RDONLY)
+            fd = os.open(lock, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         except OSError:
             fd = None
         if fd is not None:

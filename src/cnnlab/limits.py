@@ -41,7 +41,9 @@ def available_memory() -> int | None:
         except (ValueError, OSError, AttributeError):
             found = None
     cap = os.environ.get("CNNLAB_MEMORY_LIMIT", "").strip()
-    if cap.isdigit():
+    if cap:
+        if not (cap.isascii() and cap.isdigit()):
+            raise UserError(f"CNNLAB_MEMORY_LIMIT = {cap!r}: give a number of bytes (for example 8000000000), or unset it.")
         found = min(found, int(cap)) if found is not None else int(cap)
     return found
 

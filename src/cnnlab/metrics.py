@@ -298,16 +298,30 @@ def metrics_problem(metrics: Any) -> str | None:
         if not isinstance(m.get("accuracy"), num) or isinstance(m.get("accuracy"), bool):
             return f"split {split!r} has no numeric accuracy"
         cm = m.get("confusion_matrix")
-        if not (isinstance(cm, list) and len(cm) == k and all(isinstance(r, list) and len(r) == k for r in cm)):
-            return f"split {split!r}: the confusion matrix is not {k} x {k}"
+        if not (isinstance(cm, list) and len(cm) == k and all(
+                isinstance(r, list) and len(r) == k and all(_count(c) for c in r) for r in cm)):
+            return f"split {split!r}: the confusion matrix is not {k} x {k} counts"
         per = m.get("per_class")
         if not (isinstance(per, dict) and all(isinstance(per.get(key), list) and len(per[key]) == k
                                               for key in ("precision", "recall", "f1", "support"))):
             return f"split {split!r}: per_class does not hold {k} values per metric"
+        for key, values in per.items():
+            if not isinstance(values, list) or not all(v is None or _number(v) for v in values):
+                return f"split {split!r}: per_class.{key} holds something other than numbers"
         for avg in ("macro", "weighted"):
-            if not isinstance(m.get(avg, {}), dict):
-                return f"split {split!r}: {avg} is not an object"
+            if not isinstance(m.get(avg, {}), dict) or not all(v is None or _number(v) for v in m.get(avg, {}).values()):
+                return f"split {split!r}: {avg} is not an object of numbers"
+        if m.get("loss") is not None and not _number(m["loss"]):
+            return f"split {split!r}: loss is not a number"
     return None
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def classification_report(metrics: dict, digits: int = 4) -> str:

@@ -22,6 +22,7 @@ import io
 import json
 import os
 import secrets
+import stat
 import subprocess
 from datetime import datetime
 from pathlib import Path
@@ -216,15 +217,40 @@ def damaged(path: str | Path, why: str) -> UserError:
                      f"it was changed by something else), or use another run.")
 
 
-def _text(path: Path) -> str:
+# A run's JSON files hold a few kB per epoch; past this a file is not one cnnlab wrote (a sparse or
+# zero-filled file would otherwise be read whole into memory).
+JSON_MAX_BYTES = 512 * 10**6
+
+
+def text_file(path: Path) -> str:
+    """A run or sweep file as text, checked first: a regular file (a FIFO would block the read) of
+    sensible size, UTF-8. Anything else is a UserError naming the file."""
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise damaged(path, f"it cannot be read ({e.strerror or e})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise damaged(path, "it is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise damaged(path, "it is not a regular file (a FIFO, socket or device)")
+    if st.st_size > JSON_MAX_BYTES:
+        raise damaged(path, f"it is {st.st_size:,} bytes, far more than cnnlab writes there")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise damaged(path, "it is not UTF-8 text") from None
-    except IsADirectoryError:
-        raise damaged(path, "it is a directory") from None
     except OSError as e:
         raise damaged(path, f"it cannot be read ({e.strerror or e})") from None
+
+
+def parse_json(text: str, path: Path, where: str = "") -> Any:
+    """JSON text of a run or sweep file; a syntax error or absurd nesting is a UserError naming it."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise damaged(path, f"{where}it is not JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except RecursionError:
+        raise damaged(path, f"{where}it nests arrays or objects too deeply") from None
 
 
 def read_json(path: Path, kind: type = dict) -> Any:
@@ -233,11 +259,7 @@ def read_json(path: Path, kind: type = dict) -> Any:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path} does not exist.")
-    text = _text(path)
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise damaged(path, f"it is not JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    value = parse_json(text_file(path), path)
     if not isinstance(value, kind):
         raise damaged(path, f"it holds a JSON {type(value).__name__} where a {kind.__name__} is expected")
     return value
@@ -249,13 +271,10 @@ def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict[str, Any
     if not path.exists():
         return []
     out = []
-    for i, line in enumerate(_text(path).splitlines(), 1):
+    for i, line in enumerate(text_file(path).splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise damaged(path, f"line {i} is not JSON ({e.msg})") from None
+        value = parse_json(line, path, f"line {i}: ")
         if not isinstance(value, dict) or any(k not in value for k in required):
             raise damaged(path, f"line {i} is not an object with {', '.join(required) or 'keys'}")
         out.append(value)

@@ -133,6 +133,13 @@ def _assemble(cfg: ExperimentConfig, data: DataSplits, device: torch.device, wor
         model.init_from_data(data.train.x, Normalizer(data.mean, data.std, torch.device("cpu")))
     # [transfer]: the source's weights (a new run only), then freezing (a resumed run too).
     transfer = apply_transfer(model, cfg.transfer, load=new_run, download=cfg.data.download, quiet=quiet)
+    if not any(p.requires_grad for p in model.parameters()):
+        first = min((s.epoch for s in cfg.transfer.unfreeze_schedule), default=None)
+        if first is None or first > 1:
+            raise UserError(f"every parameter of the model is frozen (transfer.freeze = {cfg.transfer.freeze!r}), so "
+                            + ("nothing would train" if first is None else f"epochs 1 to {first - 1} would train nothing")
+                            + "; set transfer.new_head = true (a fresh output layer trains), unfreeze modules with "
+                              "transfer.unfreeze, or start the unfreeze_schedule at epoch 1.")
     model = model.to(device)
     if cfg.train.channels_last and has_conv(model):
         # channels_last (NHWC) is faster for convolutions on CUDA and with oneDNN on the CPU.
@@ -539,7 +546,7 @@ def _resume_locked(run_dir: Path, cfg: ExperimentConfig, quiet: bool, world: Wor
     world.start(cfg.distributed, device)
     if not world.from_main(lambda: _claim(run_dir, epochs, lock)):
         return Run(run_dir)
-    state = load_checkpoint(run_dir / rd.CHECKPOINTS / rd.LAST)
+    state = load_checkpoint(run_dir / rd.CHECKPOINTS / rd.LAST, full=True)
     done = int(state["epoch"])
     if epochs is not None and epochs < done:
         raise UserError(f"--epochs {epochs}: the run has already trained {done} epochs; give a larger total.")
@@ -549,13 +556,19 @@ def _resume_locked(run_dir: Path, cfg: ExperimentConfig, quiet: bool, world: Wor
     seed_everything(cfg.seed, cfg.deterministic)
     data = load_data(cfg.data, cfg.seed)
     parts = _assemble(cfg, data, device, world, quiet or not world.is_main, new_run=False)
-    trainer: Trainer | None = None
+    # The trainer takes the checkpoint's state before anything is written: a checkpoint that does not
+    # fit this run (an edited config.toml, a foreign file) is bad input and leaves the run as it was.
+    trainer = _trainer(cfg, data, parts, device, run_dir, quiet, world)
+    try:
+        trainer.load_state_dict(state, extend=extend)
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+        raise UserError(f"{run_dir / rd.CHECKPOINTS / rd.LAST} does not fit this run's model and settings "
+                        f"({type(e).__name__}: {_one_line(e)[:200]}); was config.toml edited? Restore it, or start a "
+                        f"new run.") from None
     if world.is_main:
         write_status(run_dir, RunStatus.RUNNING, resumed_at_epoch=done, world_size=world.size, error=None,
                      message=None, stop_reason=None, stop_message=None, signal=None, finished=None, **owner())
     with _recorded(run_dir, world, _closer(lambda: trainer)):
-        trainer = _trainer(cfg, data, parts, device, run_dir, quiet, world)
-        trainer.load_state_dict(state, extend=extend)
         if world.is_main:
             rd.remove_stray_temp_files(run_dir)  # a kill during an atomic write can leave one behind
             rd.write_history(run_dir, trainer.history)  # drop lines of epochs after the checkpoint

@@ -117,8 +117,17 @@ def _positive(text: str) -> int:
     return n
 
 
+# Control characters (an escape sequence in a file name, a NUL) are shown escaped: a message must not
+# recolour or rewrite the user's terminal. Newlines and tabs stay.
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0, 9), *range(11, 32), 127)}
+
+
+def _printable(text: object) -> str:
+    return str(text).translate(_CONTROL)
+
+
 def _warning_line(message, category, filename, lineno, file=None, line=None):
-    print(f"warning: {message}", file=sys.stderr)
+    print(f"warning: {_printable(message)}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,13 +140,13 @@ def main(argv: list[str] | None = None) -> int:
         command = getattr(importlib.import_module(f"{__name__}.{module}"), name)
         command(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_printable(e)}", file=sys.stderr)
         return 2
     except RunFailure as e:
-        print(f"failed: {e}", file=sys.stderr)
+        print(f"failed: {_printable(e)}", file=sys.stderr)
         return 1
     except Interrupted as e:
-        print(e.message or f"interrupted by {e.signal_name}", file=sys.stderr)
+        print(_printable(e.message or f"interrupted by {e.signal_name}"), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted (Ctrl-C)", file=sys.stderr)

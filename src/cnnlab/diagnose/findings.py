@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import shutil
 import textwrap
-import tomllib
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -26,6 +25,8 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import rundir as rd
+from ..errors import UserError
+from ..config import parse_toml
 from ..lifecycle import read_status
 from ..registry import Registry
 from ..train.stats import read_stats
@@ -143,10 +144,7 @@ def load_context(run_dir: str | Path) -> RunContext:
     """Parse a run directory; a folder that is not a run, or an unreadable file, is a UserError."""
     d = rd.require_run_dir(run_dir)
 
-    try:
-        config = tomllib.loads((d / rd.CONFIG).read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise rd.damaged(d / rd.CONFIG, f"it is not TOML ({' '.join(str(e).split())[:200]})") from None
+    config = parse_toml(rd.text_file(d / rd.CONFIG), str(d / rd.CONFIG))
     return RunContext(dir=d, config=config, status=read_status(d, strict=True), history=rd.read_history(d),
                       metrics=rd.read_metrics(d), stats=read_stats(d))
 
@@ -157,7 +155,14 @@ def run_checks(ctx: RunContext) -> list[Finding]:
     """Every registered check on ``ctx``; findings sorted by severity (errors first), then check order."""
     findings: list[Finding] = []
     for entry in CHECKS:
-        findings.extend(entry.obj(ctx))
+        try:
+            findings.extend(entry.obj(ctx))
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError, ZeroDivisionError) as e:
+            # The run's files parse, but hold a value of the wrong kind where this check reads one.
+            raise UserError(f"cannot diagnose {ctx.dir}: check {entry.name!r} found a value of the wrong kind in the "
+                            f"run's files ({type(e).__name__}: {' '.join(str(e).split())[:160]}): config.toml, "
+                            f"history.jsonl, metrics.json or stats.jsonl was changed by something other than "
+                            f"cnnlab. Diagnose another run, or repair the file.") from None
     return sorted(findings, key=lambda f: SEVERITY_RANK[f.severity])
 
 

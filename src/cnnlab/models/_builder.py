@@ -34,6 +34,14 @@ from .layers import INITS, ImageClassifier, InitName
 MODELS: Registry[Callable[..., ImageClassifier]] = Registry("model")
 
 
+# Bounds of the sizes users give: far past any image classifier that fits a machine, and small
+# enough that an unchecked 10^30 never reaches the allocator (the memory estimate then refuses
+# what fits the bounds but not the machine).
+Width = Annotated[int, Field(gt=0, le=65_536)]  # channels, units of a layer
+Kernel = Annotated[int, Field(gt=0, le=1_024)]  # a conv kernel's side, in pixels
+Depth = 1_000  # layers or blocks in a list
+
+
 class ModelParams(BaseModel):
     """The keys every model takes; each entry's parameter model extends it."""
 
@@ -144,7 +152,15 @@ def build_model(
                    "make it smaller (fewer or narrower layers, a smaller data.image_size for models whose head grows "
                    "with the image)")
     params = kw.pop("params")
-    model = entry.obj(params, input_shape, int(num_classes), **kw)
+    try:
+        model = entry.obj(params, input_shape, int(num_classes), **kw)
+    except (MemoryError, OverflowError, RuntimeError) as e:
+        text = " ".join(str(e).split())
+        if not isinstance(e, (MemoryError, OverflowError)) and not any(
+                w in text for w in ("allocate", "overflow", "out of memory", "Storage size")):
+            raise
+        raise UserError(f"model {cfg_model.name!r} does not fit in memory ({text[:160] or type(e).__name__}); make it "
+                        f"smaller (fewer or narrower layers).") from None
     if not isinstance(model, ImageClassifier):
         raise TypeError(f"model {cfg_model.name!r}: its builder returned a {type(model).__name__}, not an ImageClassifier")
     init = INITS[params.init] if isinstance(params, ModelParams) else None

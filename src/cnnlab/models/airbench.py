@@ -14,14 +14,14 @@ from pydantic import Field, PositiveInt, field_validator
 from torch import nn
 
 from ..errors import UserError
-from ._builder import MODELS, ModelParams
+from ._builder import MODELS, Depth, Kernel, ModelParams, Width
 from .layers import ImageClassifier
 
 class AirbenchParams(ModelParams):
     """Keys of the ``airbench`` model (KellerJordan/cifar10-airbench, airbench94)."""
 
-    widths: list[PositiveInt] = Field([64, 256, 256], min_length=1, description="output channels of each conv group")
-    whiten_kernel: PositiveInt = Field(2, description="kernel of the whitening conv (no padding); it has 2*C*k*k outputs")
+    widths: list[Width] = Field([64, 256, 256], min_length=1, max_length=Depth, description="output channels of each conv group")
+    whiten_kernel: Kernel = Field(2, description="kernel of the whitening conv (no padding); it has 2*C*k*k outputs")
     whiten_eps: float = Field(5e-4, gt=0, description="added to the patch covariance's eigenvalues before the inverse square root")
     whiten_samples: PositiveInt = Field(5000, description="training images whose patches init_from_data uses")
     bn_momentum: float = Field(0.6, gt=0, lt=1, description="BatchNorm running-stat decay, airbench's convention (PyTorch momentum = 1 - this)")

@@ -10,19 +10,19 @@ from collections import OrderedDict
 from typing import Annotated, Any, Callable, Literal
 
 import torch
-from pydantic import Field, PositiveInt, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from ..errors import UserError
-from ._builder import MODELS, ModelParams
+from ._builder import MODELS, Depth, Kernel, ModelParams, Width
 from .layers import ACTIVATIONS, BLOCK_ORDERS, POOLS, ActivationName, BlockOrder, ImageClassifier, PoolName, dry_run
 
 class CNNParams(ModelParams):
     """Keys of the ``cnn`` model (and the fixed values of the presets)."""
 
-    channels: list[PositiveInt] = Field([32, 64, 128], min_length=1, description="output channels of each conv block")
-    kernel_size: PositiveInt | list[PositiveInt] = Field(3, description="conv kernel size, one for all blocks or one per block")
-    padding: Literal["same", "valid"] | Annotated[int, Field(ge=0)] = Field(
+    channels: list[Width] = Field([32, 64, 128], min_length=1, max_length=Depth, description="output channels of each conv block")
+    kernel_size: Kernel | list[Kernel] = Field(3, description="conv kernel size, one for all blocks or one per block")
+    padding: Literal["same", "valid"] | Annotated[int, Field(ge=0, le=1_024)] = Field(
         "same", description="conv padding: same = kernel_size // 2, valid = 0, or a number of pixels"
     )
     pool: PoolName = Field("max", description="pooling after each block: max or avg (2x2, stride 2), or none")
@@ -33,7 +33,7 @@ class CNNParams(ModelParams):
         "conv-bn-act-pool", description="layer order in a block; conv-pool-act is seed 000's conv -> pool -> act"
     )
     global_pool: bool = Field(False, description="adaptive average pool to 1x1 before the head")
-    hidden: list[PositiveInt] = Field([128], description="sizes of the hidden fully connected layers")
+    hidden: list[Width] = Field([128], max_length=Depth, description="sizes of the hidden fully connected layers")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability before each Linear of the head")
     dropout_on_features: bool = Field(
         True, description="also drop out the flattened features before the first Linear; false = only after hidden layers (seed 001)"
@@ -64,8 +64,8 @@ class CNNParams(ModelParams):
 class MLPParams(ModelParams):
     """Keys of the ``mlp`` model."""
 
-    hidden_layers: int = Field(1, ge=0, description="number of hidden layers (0 = a linear classifier)")
-    hidden_size: PositiveInt = Field(500, description="units per hidden layer")
+    hidden_layers: int = Field(1, ge=0, le=Depth, description="number of hidden layers (0 = a linear classifier)")
+    hidden_size: Width = Field(500, description="units per hidden layer")
     activation: ActivationName = Field("relu", description="activation after each hidden layer")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before each Linear except the first")
 

@@ -94,8 +94,8 @@ def build_torchvision(
     options = {**TORCHVISION_DEFAULT_OPTIONS.get(name, {}), **params.options}
     try:
         net = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **options)
-    except TypeError as e:
-        raise UserError(f"model 'torchvision:{name}': bad options {params.options!r}: {e}.") from None
+    except (TypeError, ValueError, AssertionError, IndexError, KeyError) as e:  # the library checks its own options
+        raise UserError(f"model 'torchvision:{name}': bad options {params.options!r}: {_line(e)}.") from None
     c = input_shape[0]
     if c not in (1, 3):
         raise UserError(f"model 'torchvision:{name}' takes 1- or 3-channel images, got {c} channels.")
@@ -121,7 +121,10 @@ def build_timm(params: TimmParams, input_shape: tuple[int, int, int], num_classe
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:12] or timm.list_models()[:20]
         raise UserError(f"unknown timm model {name!r}. Some valid names: {', '.join(close)} (see timm.list_models()).")
-    net = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=input_shape[0], **params.options)
+    try:
+        net = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=input_shape[0], **params.options)
+    except (TypeError, ValueError, AssertionError, IndexError, KeyError) as e:
+        raise UserError(f"model 'timm:{name}': bad options {params.options!r}: {_line(e)}.") from None
     clf = net.get_classifier()
     net.reset_classifier(0)  # the model now returns pooled pre-logit features (N, D)
     features = _TimmFeatures(net)
@@ -138,3 +141,7 @@ class _TimmFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body.forward_head(self.body.forward_features(x), pre_logits=True)
 
+
+def _line(e: BaseException) -> str:
+    """A library's error as one line of at most 200 characters."""
+    return (" ".join(str(e).split()) or type(e).__name__)[:200]

@@ -85,7 +85,7 @@ class RunReport:
         self.diagnostics: dict[str, Any] | None = self._json(rd.DIAGNOSTICS)
         self.history = rd.read_history(self.dir)
         self.stats = read_stats(self.dir)
-        self.config_text = (self.dir / rd.CONFIG).read_text(encoding="utf-8", errors="replace")
+        self.config_text = rd.text_file(self.dir / rd.CONFIG)
         self.cfg = None
         self.cfg_error: str | None = None
         try:
@@ -131,7 +131,10 @@ class RunReport:
     def predictions(self, split: str) -> dict[str, np.ndarray]:
         """``predictions/<split>.npz`` as arrays: y_true (N,), y_prob (N, K), index (N,)."""
         def load() -> dict[str, np.ndarray]:
-            with np.load(self.dir / rd.PREDICTIONS / rd.prediction_file(split)) as z:
+            p = self.dir / rd.PREDICTIONS / rd.prediction_file(split)
+            if not p.is_file():
+                raise rd.damaged(p, "it is missing or not a regular file")
+            with np.load(p, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
         return self._lazy(f"pred:{split}", load)
 
@@ -206,10 +209,13 @@ class RunReport:
 
 def _split_sizes(run_dir: Path) -> dict[str, int]:
     p = Path(run_dir) / rd.SPLITS
-    if not p.exists():
+    if not p.is_file():  # missing (a run that has not written it) or not a file cnnlab writes
         return {}
-    with np.load(p) as z:
-        return {k: int(z[k].shape[0]) for k in z.files}
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            return {k: int(z[k].shape[0]) for k in z.files}
+    except Exception:  # a damaged file: the summary shows no split sizes
+        return {}
 
 
 def parameter_count(run_dir: Path, report: RunReport | None = None) -> tuple[int, int] | None:

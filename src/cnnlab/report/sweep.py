@@ -5,6 +5,7 @@ parameter, and the sweep's own figures (parameter importance)."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,14 @@ def read_sweep(sweep_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(sweep.json, the rows of results.csv as typed values)."""
     meta = rd.read_json(sweep_dir / rd.SWEEP_JSON)
     p = sweep_dir / rd.SWEEP_RESULTS
-    rows = [{k: _cell(v) for k, v in row.items()} for row in csv.DictReader(p.open(encoding="utf-8"))] \
-        if p.exists() else []
+    if not p.exists():
+        return meta, []
+    try:
+        rows = [{k: _cell(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(rd.text_file(p)))]
+    except csv.Error as e:
+        raise rd.damaged(p, f"it is not CSV ({e})") from None
+    if rows and not {"trial", "state"} <= set(rows[0]):
+        raise rd.damaged(p, "it has no trial and state columns")
     return meta, rows
 
 

@@ -40,12 +40,17 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, full: bool = False) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` (no arbitrary unpickling); a missing, truncated
-    or foreign file raises a UserError naming it."""
+    or foreign file, or one whose content is not what cnnlab writes (:func:`checkpoint_problem`;
+    ``full``: everything a resume restores), raises a UserError naming it."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise UserError(f"checkpoint {str(path)!r} is a directory, not a checkpoint file.")
+    if not path.exists():
         raise UserError(f"checkpoint {str(path)!r} does not exist.")
+    if not path.is_file():  # a FIFO would block the read
+        raise UserError(f"checkpoint {str(path)!r} is not a regular file (a FIFO, socket or device).")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, not a torch file, or a pickle with forbidden globals
@@ -60,6 +65,51 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"cannot read checkpoint {str(path)!r}: the file is truncated, corrupt or not a cnnlab "
             f"checkpoint ({load_error_line(e)}). Use another checkpoint (best.pt, last.pt or an epoch-NNNN.pt)."
         ) from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise UserError(f"{str(path)!r} is a torch file but not a cnnlab checkpoint (no 'model' entry).")
+    problem = checkpoint_problem(ckpt, full)
+    if problem:
+        raise UserError(f"{str(path)!r} is a torch file but not a cnnlab checkpoint: {problem}. Use a checkpoint "
+                        f"written by cnnlab (best.pt, last.pt or an epoch-NNNN.pt).")
     return ckpt
+
+
+def _tensors(d: Any) -> bool:
+    return isinstance(d, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items())
+
+
+def checkpoint_problem(ckpt: Any, full: bool = False) -> str | None:
+    """Why ``ckpt`` is not what cnnlab writes (None when it is): model weights (finite), the data
+    metadata the model is rebuilt from, the epoch; ``full``: also what a resume restores."""
+    if not isinstance(ckpt, dict):
+        return f"it holds a {type(ckpt).__name__}, not a dict"
+    if not _tensors(ckpt.get("model")):
+        return "its 'model' entry is not a state_dict (names to tensors)"
+    bad = [k for k, v in ckpt["model"].items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        return f"its weights hold NaN or infinite values ({', '.join(bad[:3])})"
+    meta = ckpt.get("meta")
+    if not isinstance(meta, dict):
+        return "it has no 'meta' entry (classes, image shape, normalization)"
+    names, shape = meta.get("class_names"), meta.get("input_shape")
+    if not (isinstance(names, list) and names and all(isinstance(c, str) for c in names)):
+        return "meta.class_names is not a list of class names"
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(s, int) and 0 < s <= 1 << 16 for s in shape)):
+        return "meta.input_shape is not (channels, height, width)"
+    for key in ("mean", "std"):
+        v = meta.get(key)
+        if not (isinstance(v, list) and 1 <= len(v) <= shape[0] + 2 and all(isinstance(x, (int, float)) for x in v)):
+            return f"meta.{key} is not a list of per-channel numbers"
+    if not isinstance(ckpt.get("epoch"), int) or ckpt["epoch"] < 0:
+        return "its 'epoch' is not a number of epochs"
+    callbacks = ckpt.get("callbacks", {})
+    if not isinstance(callbacks, dict) or not all(isinstance(v, dict) for v in callbacks.values()):
+        return "its 'callbacks' entry is not a dict of callback states"
+    ema = callbacks.get("WeightEMA")
+    if ema is not None and not _tensors(ema.get("weights")):
+        return "its averaged weights (callbacks.WeightEMA.weights) are not a state_dict"
+    if ckpt.get("config") is not None and not isinstance(ckpt["config"], dict):
+        return "its 'config' entry is not a table"
+    if full:
+        for key, kind in (("optimizer", dict), ("scheduler", dict), ("scaler", dict), ("rng", dict), ("history", list)):
+            if not isinstance(ckpt.get(key), kind):
+                return f"it has no {key} state to resume from"
+    return None

@@ -49,6 +49,10 @@ def prepare_process(device: torch.device, threads: int | None = None) -> None:
     """Process-wide settings for computing on ``device``: ``threads`` (``train.threads``; None keeps
     torch's default) and, on the CPU, :func:`keep_freed_host_memory`."""
     if threads:
+        cores = os.cpu_count() or 1
+        if threads > cores:
+            raise UserError(f"train.threads = {threads} but this machine has {cores} CPU core(s); more threads than "
+                            f"cores only slows training down: use at most {cores}, or leave it unset.")
         torch.set_num_threads(threads)
     if device.type == "cpu":
         keep_freed_host_memory()

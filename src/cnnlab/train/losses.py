@@ -21,7 +21,7 @@ LOSSES: Registry = Registry("loss")
 
 class FocalParams(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    gamma: float = Field(2.0, ge=0, description="focusing parameter; 0 = cross-entropy")
+    gamma: float = Field(2.0, ge=0, le=20, description="focusing parameter; 0 = cross-entropy (usual: 0.5 to 5)")
 
 
 class FocalLoss(nn.Module):

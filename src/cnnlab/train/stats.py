@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 import torch.nn as nn
 
-from ..rundir import STATS, atomic_write_text, read_jsonl
+from ..rundir import STATS, atomic_write_text, damaged, read_jsonl
 from .callbacks import CALLBACKS, Callback
 from .device import autocast
 
@@ -280,4 +280,15 @@ class TrainingStats(Callback):
 def read_stats(run_dir: str | Path) -> list[dict[str, Any]]:
     """The records of ``stats.jsonl`` (an empty list when the run has none; a damaged file is a
     UserError naming it)."""
-    return read_jsonl(Path(run_dir) / STATS, ("epoch", "layers"))
+    path = Path(run_dir) / STATS
+    records = read_jsonl(path, ("epoch", "layers"))
+    for i, r in enumerate(records, 1):
+        for part in ("layers", "activations"):
+            rows = r.get(part, [])
+            if not (isinstance(rows, list) and all(isinstance(x, dict) and isinstance(x.get("name"), str) and all(
+                    v is None or isinstance(v, (int, float, str)) for v in x.values()) for x in rows)):
+                raise damaged(path, f"record {i}: {part} is not a list of per-layer objects")
+            for x in rows:
+                if any(isinstance(v, str) for k, v in x.items() if k not in ("name", "type")):
+                    raise damaged(path, f"record {i}: a value of layer {x['name']!r} is text, not a number")
+    return records

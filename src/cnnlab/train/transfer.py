@@ -10,7 +10,6 @@ it. ``freeze = "all"`` matches every module, ``"features"`` the ``features`` mod
 from __future__ import annotations
 
 import fnmatch
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -184,11 +183,11 @@ def load_source(t: TransferConfig, download: bool = True) -> tuple[dict[str, tor
         env_file = run_dir / rd.ENV
         if env_file.is_file():
             try:
-                env = json.loads(env_file.read_text())
+                env = rd.read_json(env_file)
                 record["source_env"] = {k: env.get(k) for k in ("git_commit", "started", "cnnlab", "torch", "seed", "device")}
                 if "transfer" in env:  # a chain of runs: the source's own source
                     record["source_transfer"] = env["transfer"]
-            except (OSError, json.JSONDecodeError):
+            except UserError:  # a damaged env.json only costs the record its provenance
                 pass
     else:
         ckpt_path = p
