@@ -39,6 +39,13 @@ def check_name(v: str) -> str:
     return v
 
 
+def check_path(v: str | None) -> str | None:
+    """A file or folder path from a config: the file system refuses a NUL byte in one."""
+    if v is not None and "\x00" in v:
+        raise ValueError("must not contain a NUL character (\\x00): no file system accepts one in a path")
+    return v
+
+
 class Strict(BaseModel):
     """Base for config sections: unknown keys are errors, types are not coerced loosely, and float
     values must be finite (TOML's inf and nan are refused where a number is declared)."""
@@ -79,6 +86,11 @@ class DataConfig(Strict):
     on_bad_image: Literal["error", "skip"] = "error"
     cache: bool = Field(True, description="cache decoded images as uint8 arrays")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    @field_validator("root", "path")
+    @classmethod
+    def _paths(cls, v: str | None) -> str | None:
+        return check_path(v)
 
 
 # --------------------------------------------------------------------------------------- model
@@ -204,7 +216,7 @@ class TransferConfig(Strict):
     @field_validator("init_from", "weights_path")
     @classmethod
     def _empty_is_none(cls, v: str | None) -> str | None:
-        return v or None  # --set transfer.init_from='""' turns a file's source off
+        return check_path(v or None)  # --set transfer.init_from='""' turns a file's source off
 
     @property
     def enabled(self) -> bool:
@@ -361,7 +373,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     if p.stat().st_size > TOML_MAX_BYTES:
         raise UserError(f"{str(p)!r} is {p.stat().st_size:,} bytes: not an experiment file (at most {TOML_MAX_BYTES:,}).")
     try:
-        return parse_toml(p.read_text(encoding="utf-8"), str(p))
+        return parse_toml(p.read_text(encoding="utf-8-sig"), str(p))  # -sig: a leading BOM (Windows editors)
     except UnicodeDecodeError:
         raise UserError(f"{str(p)!r} is not a UTF-8 text file; expected an experiment .toml file.") from None
 

@@ -14,3 +14,9 @@ class UserError(Exception):
 
 class RunFailure(Exception):
     """A valid experiment failed while running. Exit status 1."""
+
+
+class ReportedUserError(UserError):
+    """Bad input that a child process (rank 0 of a launched run) has already described on this
+    terminal: the CLI exits with status 2 without printing the paragraph a second time. The message
+    is still complete for callers of the Python API."""

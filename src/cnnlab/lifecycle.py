@@ -162,6 +162,14 @@ def status_of(status: dict[str, Any]) -> RunStatus | None:
 
 
 # ---------------------------------------------------------------------------------- run.json
+# The fields of run.json that code reads as numbers or text, with the types cnnlab writes.
+_STATUS_TYPES: dict[str, type | tuple[type, ...]] = {
+    "epoch": int, "pid": int, "resumed_at_epoch": int, "world_size": int, "train_seconds": (int, float),
+    "host": str, "name": str, "dataset": str, "model": str, "started": str, "finished": str, "updated": str,
+    "stop_reason": str, "stop_message": str, "error": str, "message": str, "extensions": list,
+}
+
+
 def read_status(run_dir: str | Path, strict: bool = False) -> dict[str, Any]:
     """``run.json`` as a dict. Tolerant (default): {} when it is missing or damaged, for code that
     only adds to it. ``strict``: a missing or damaged file, or a status cnnlab never writes, is a
@@ -172,6 +180,11 @@ def read_status(run_dir: str | Path, strict: bool = False) -> dict[str, Any]:
         if status_of(st) is None:
             raise rd.damaged(path, f"its status is {st.get('status')!r}, not one of "
                                    f"{', '.join(s.value for s in RunStatus)}")
+        for key, kinds in _STATUS_TYPES.items():
+            v = st.get(key)
+            if v is not None and (not isinstance(v, kinds) or isinstance(v, bool) or
+                                  (isinstance(v, float) and not v == v or v in (float("inf"), float("-inf")))):
+                raise rd.damaged(path, f"its {key} is {v!r}")
         return st
     try:
         d = rd.parse_json(rd.text_file(path), path)

@@ -81,7 +81,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file + fsync + rename (never a partial file). The file
     gets the usual permissions (0666 less the process's umask, applied by the kernel)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"cannot write {path}: a file is in the way of its folder; remove it.") from None
     while True:
         tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{_TMP_SUFFIX}"
         try:
@@ -95,6 +98,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except IsADirectoryError:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: a folder of that name is in the way; remove it.") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -300,6 +306,9 @@ def read_history(run_dir: Path) -> list[dict[str, Any]]:
     for i, h in enumerate(rows, 1):
         if not isinstance(h["epoch"], int) or isinstance(h["epoch"], bool) or h["epoch"] < 1:
             raise damaged(Path(run_dir) / HISTORY, f"entry {i} has epoch {h['epoch']!r}, not a number from 1 on")
+        wrong = [k for k, v in h.items() if v is not None and not isinstance(v, (int, float))]
+        if wrong:
+            raise damaged(Path(run_dir) / HISTORY, f"entry {i}: {', '.join(wrong)} is not a number")
     return rows
 
 

@@ -15,7 +15,7 @@ import sys
 import warnings
 
 from .._version import __version__
-from ..errors import RunFailure, UserError
+from ..errors import ReportedUserError, RunFailure, UserError
 from ..lifecycle import Interrupted
 
 # Command name -> (module under cnnlab.cli, function). A table instead of imports: a module is
@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command = getattr(importlib.import_module(f"{__name__}.{module}"), name)
         command(args)
+    except ReportedUserError:
+        return 2
     except UserError as e:
         print(f"error: {_printable(e)}", file=sys.stderr)
         return 2

@@ -280,9 +280,17 @@ def _make_split(raw: RawData, idx: np.ndarray, new_y: np.ndarray, size: int | No
     return Split(x=x, y=torch.from_numpy(new_y[idx].astype(np.int64)), index=idx.astype(np.int64))
 
 
-def resize_uint8(x: torch.Tensor, size: tuple[int, int], chunk: int = 2048) -> torch.Tensor:
+# Bytes of float32 images one resize chunk may hold (input and output): small enough for any
+# machine, large enough that a chunk is thousands of small images.
+RESIZE_CHUNK_BYTES = 256 * 2**20
+
+
+def resize_uint8(x: torch.Tensor, size: tuple[int, int], chunk: int | None = None) -> torch.Tensor:
     """Bilinear (antialiased) resize of uint8 (N, C, H, W) images to ``size`` = (H, W), in chunks
-    so a large set never needs a full float copy."""
+    (default: as many images as fit RESIZE_CHUNK_BYTES of float32) so a large set never needs a
+    full float copy."""
+    per_image = 4 * x.shape[1] * (size[0] * size[1] + x.shape[2] * x.shape[3])  # float in + float out
+    chunk = chunk or max(1, RESIZE_CHUNK_BYTES // per_image)
     out = torch.empty((x.shape[0], x.shape[1], *size), dtype=torch.uint8)
     for s in range(0, x.shape[0], chunk):
         part = x[s : s + chunk].float()

@@ -168,7 +168,7 @@ def write_compare(run_dirs: list[str | Path], out_dir: str | Path | None = None,
     the caller has it already. Links to each run's report are relative."""
     rows = rows if rows is not None else compare_rows(list(run_dirs))
     out = Path(out_dir) if out_dir is not None else default_out_dir([r["dir"] for r in rows])
-    out.mkdir(parents=True, exist_ok=True)
+    rd.writable_dir(out, "--out")
     page = Page("cnnlab comparison: " + ", ".join(r["label"] for r in rows), out,
                 f"{len(rows)} runs; macro and per-class columns on the {HEADLINE_SPLIT} split")
     head, body = table_rows(rows, PAGE_MAX_CLASSES)

@@ -30,6 +30,7 @@ def write_runs_index(root: str | Path) -> Path:
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"runs folder {str(root)!r} does not exist (give --runs-dir DIR).")
+    rd.writable_dir(root, "--runs-dir")  # index.html goes there
     rows = []
     for d in _find(root, rd.STATUS):
         if not rd.is_run_dir(d):

@@ -50,11 +50,25 @@ def read_sweep(sweep_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     if not p.exists():
         return meta, []
     try:
-        rows = [{k: _cell(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(rd.text_file(p)))]
+        raw = list(csv.DictReader(io.StringIO(rd.text_file(p))))
     except csv.Error as e:
         raise rd.damaged(p, f"it is not CSV ({e})") from None
+    for i, row in enumerate(raw, 2):  # line 1 is the header
+        if None in row or any(v is None for v in row.values()):  # DictReader's marks of a ragged line
+            raise rd.damaged(p, f"line {i} does not have as many cells as the header")
+    rows = [{k: _cell(v) for k, v in row.items()} for row in raw]
     if rows and not {"trial", "state"} <= set(rows[0]):
         raise rd.damaged(p, "it has no trial and state columns")
+    for i, row in enumerate(rows, 2):
+        if not isinstance(row["trial"], int) or not isinstance(row["state"], str):
+            raise rd.damaged(p, f"line {i}: trial {row['trial']!r} or state {row['state']!r} is not what a sweep writes")
+        for key in ("seconds", "repeats"):
+            if key in row and row[key] is not None and not isinstance(row[key], (int, float)):
+                raise rd.damaged(p, f"line {i}: {key} {row[key]!r} is not a number")
+    cfg = meta.get("config", {})
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("metric", ""), str) or \
+            cfg.get("direction", "maximize") not in ("maximize", "minimize"):
+        raise rd.damaged(sweep_dir / rd.SWEEP_JSON, "its config is not the sweep file's table")
     return meta, rows
 
 

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import random
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..config import apply_overrides, check_name, flatten, parse_override, read_toml, validation_message
+from ..config import apply_overrides, check_name, check_path, flatten, parse_override, read_toml, validation_message
 from ..errors import RunFailure, UserError
 from ..experiment import load_config, validate_config
 from ..registry import Registry
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     import optuna
 
 GRID_MAX = 10_000  # combinations a sweep plans at most (each is at least one training run)
+VALUES_MAX = 1_000  # values one space key may list
+STEPS_MAX = 1e15  # values one stepped range may hold (a finer step is a continuous range in all but name)
 SWEEP_SEED_MAX = 2**31 - 1
 
 # Metrics kept for every trial besides the sweep's own: the ranked table shows them.
@@ -100,6 +103,11 @@ class SweepConfig(_Strict):
     def _check_name(cls, v: str) -> str:
         return check_name(v)
 
+    @field_validator("base")
+    @classmethod
+    def _check_base(cls, v: str) -> str:
+        return check_path(v)
+
 
 # ------------------------------------------------------------------------------ parameters
 _SCALARS = (bool, int, float, str)
@@ -139,12 +147,16 @@ class Param:
         if self.choices is not None:
             return list(self.choices)
         s = self.spec
-        if s.is_int:
-            return range(int(s.low), int(s.high) + 1, int(s.step or 1))
-        if s.step is None:
+        if s.step is None and not s.is_int:
             raise UserError(f"{where}: space key {self.key!r} is a continuous range; a grid needs a list of "
                             f"values or a range with a step ({{low, high, step}}).")
-        return _Steps(float(s.low), float(s.step), int(math.floor((s.high - s.low) / s.step + 1e-9)) + 1)
+        ratio = (s.high - s.low) / (s.step or 1)
+        if not math.isfinite(ratio) or ratio >= STEPS_MAX:
+            raise UserError(f"{where}: space key {self.key!r}: the range from {s.low} to {s.high} in steps of "
+                            f"{s.step or 1} has more than {STEPS_MAX:.0e} values; use a larger step.")
+        if s.is_int:
+            return range(int(s.low), int(s.high) + 1, int(s.step or 1))
+        return _Steps(float(s.low), float(s.step), int(math.floor(ratio + 1e-9)) + 1)
 
     def decode(self, value: Any) -> Any:
         return json.loads(value) if self.encoded else value
@@ -166,6 +178,9 @@ def parse_space(space: dict[str, Any], where: str) -> list[Param]:
             if isinstance(v, list):
                 if not v:
                     raise UserError(f"{where}: space key {key!r} has an empty list of values.")
+                if len(v) > VALUES_MAX:
+                    raise UserError(f"{where}: space key {key!r} lists {len(v):,} values; at most {VALUES_MAX:,} (give a "
+                                    f"range {{low, high, step}} for many evenly spaced values).")
                 if all(isinstance(c, _SCALARS) for c in v):
                     params.append(Param(key, tuple(v)))
                 else:  # lists or tables as values: stored as JSON text
@@ -257,7 +272,15 @@ def plan_random(params: list[Param], trials: int | None, seed: int, where: str) 
         # range as from the list of every combination), so no combination is built unless drawn.
         grids = [p.grid(where) for p in params]
         total = math.prod(len(g) for g in grids)
-        return [_combination(params, grids, i) for i in random.Random(seed).sample(range(total), min(trials, total))]
+        rng = random.Random(seed)
+        if total <= sys.maxsize:
+            picks = rng.sample(range(total), min(trials, total))
+        else:  # too many to count with a range: draw indices, skipping repeats
+            picked: dict[int, None] = {}
+            while len(picked) < trials:
+                picked[rng.randrange(total)] = None
+            picks = list(picked)
+        return [_combination(params, grids, i) for i in picks]
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     dists = {p.key: p.distribution() for p in params}
     return [study.ask(dists).params for _ in range(trials)]

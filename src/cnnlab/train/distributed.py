@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 
 from ..config import DistributedConfig
-from ..errors import RunFailure, UserError
+from ..errors import ReportedUserError, RunFailure, UserError
 from ..lifecycle import INTERRUPT_SIGNALS, Interrupted, Stop
 
 T = TypeVar("T")
@@ -371,6 +371,8 @@ def launch(args: list[str], devices: int, *, grace_s: float = 10.0, poll_s: floa
         failed = _supervise(procs, poll_s)
         if failed is not None:
             _stop_all(procs, grace_s)
+            if failed[1] == 2 and procs[0].returncode == 2:  # bad input every rank saw: rank 0 said it here
+                failed = (0, 2)
     except BaseException:  # KeyboardInterrupt or an error in the launcher itself: never leave workers behind
         _stop_all(procs, grace_s=2.0)
         _cleanup(logs)
@@ -393,7 +395,8 @@ def launch(args: list[str], devices: int, *, grace_s: float = 10.0, poll_s: floa
     said = f"Its last output lines:\n{detail}" if detail else "(its own message, if any, is above)"
     msg = f"{what}; the other processes were stopped.{where} {said}"
     if rc == 2:
-        raise UserError(msg)
+        # Rank 0 prints to this terminal: its own paragraph already said what was wrong.
+        raise (ReportedUserError if rank == 0 else UserError)(msg)
     interrupted = {128 + s: s for s in INTERRUPT_SIGNALS}
     if rank == 0 and rc in interrupted:  # rank 0 was stopped by a signal (and recorded it)
         name = signal.Signals(interrupted[rc]).name

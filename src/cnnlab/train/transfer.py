@@ -138,7 +138,7 @@ def _pretrained_state(t: TransferConfig, download: bool) -> tuple[dict[str, torc
         for key in ("state_dict", "model"):
             if isinstance(sd, dict) and isinstance(sd.get(key), dict):
                 sd = sd[key]
-        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
             raise UserError(f"transfer.weights_path {str(p)!r} is not a state_dict (a dict of tensors).")
         return sd, {"init_from": name, "weights_path": str(p.resolve())}
     if name.startswith("timm:"):
