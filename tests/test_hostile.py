@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import pickle
 import subprocess
@@ -73,7 +74,9 @@ def refused(ws: Path, capsys, args: list[str], *words: str, code: int = 2) -> st
     err = capsys.readouterr().err
     assert got == code, err
     assert "Traceback" not in err and "\x1b[" not in err, err
-    message = [line for line in err.splitlines() if line.startswith(("error:", "failed:"))]
+    lines = err.splitlines()
+    assert all(line.startswith(("error:", "failed:", "warning:")) for line in lines), err  # nothing split a line
+    message = [line for line in lines if line.startswith(("error:", "failed:"))]
     assert len(message) == 1, err  # one paragraph (warnings aside)
     for w in words:
         assert w in message[0], (w, message[0])
@@ -137,6 +140,8 @@ DAMAGE = {
     "metrics that are a list": (rd.METRICS, lambda p: p.write_text("[1, 2, 3]")),
     "run.json that is not an object": (rd.STATUS, lambda p: p.write_text('"completed"')),
     "run.json that is binary": (rd.STATUS, lambda p: p.write_bytes(b"\xff\xfe\x00garbage")),
+    "run.json linked to an endless device": (rd.STATUS, lambda p: (p.unlink(), p.symlink_to("/dev/zero"))),
+    "metrics that are a FIFO": (rd.METRICS, lambda p: (p.unlink(), os.mkfifo(p))),
 }
 
 
@@ -167,6 +172,15 @@ def test_an_image_size_that_cannot_fit_is_refused_before_resizing(ws, capsys):
 def test_the_memory_limit_is_what_the_machine_has(ws, capsys, monkeypatch):
     monkeypatch.setenv("CNNLAB_MEMORY_LIMIT", str(10**6))  # a 1 MB machine
     refused(ws, capsys, ["run", "small.toml", "--set", "data.image_size=64"], "1.0 MB available")
+
+
+def test_metrics_that_cannot_fit_are_refused_before_training(ws, capsys, monkeypatch):
+    # 10,000 classes x 20,000 images need ~4 GB for the final metrics (metrics_memory, checked
+    # against sklearn-sized inputs in tests/test_metrics.py); here the estimate is inflated instead.
+    monkeypatch.setattr("cnnlab.runner.metrics_memory", lambda n, k: 10**15)
+    refused(ws, capsys, ["run", "small.toml", "--runs-dir", "runs"], "the metrics of", "10 classes",
+            "confusion matrix", "data.classes")
+    assert not (ws / "runs").exists() or not any((ws / "runs").rglob("run.json"))
 
 
 def test_a_model_or_batch_that_cannot_fit_is_refused_before_it_is_built(ws, capsys):
@@ -309,6 +323,19 @@ def test_a_full_disk_is_refused_before_the_data_loads(ws, capsys, monkeypatch):
     refused(ws, capsys, ["run", "small.toml", "--runs-dir", "runs"], "--runs-dir", "disk is full")
 
 
+def test_a_run_listing_shows_hostile_names_literally(runs, ws, capsys):
+    status = ws / runs["r1"] / rd.STATUS
+    record = json.loads(status.read_text())
+    record |= {"name": "evil\x1b[2J\nrow [red]x[/red]", "model": "\x07bell"}
+    status.write_text(json.dumps(record))
+    assert main(["runs", "--runs-dir", "runs"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out, out  # nothing reaches the terminal as a control code
+    assert "evil\\x1b[2J\\nrow [red]x[/red]" in out and "\\x07bell" in out, out  # shown escaped and literal
+    (ws / "afile").write_text("")
+    refused(ws, capsys, ["runs", "--runs-dir", "afile"], "is a file, not a folder of runs")
+
+
 # ---------------------------------------------------------------------------------- messages
 class Evil:
     """Any object a hostile checkpoint might unpickle."""
@@ -324,6 +351,16 @@ def test_a_file_that_is_not_an_archive_is_one_line(ws, capsys):
     (ws / "data.tar.gz").write_text("this is not gzip\n" * 10)
     refused(ws, capsys, ["run", "small.toml", "--set", 'data.dataset="imagefolder"', "--set", 'data.path="data.tar.gz"',
                          "--runs-dir", "runs"], "cannot read archive", "not tar data")
+
+
+def test_newlines_and_escapes_in_paths_and_folder_names_stay_in_one_escaped_paragraph(ws, capsys):
+    msg = refused(ws, capsys, ["run", "small.toml", "--set", 'data.dataset="imagefolder"', "--set",
+                               'data.path="no\\nsuch\\u001b[2Jdir"', "--runs-dir", "runs"], "no\\nsuch\\x1b[2Jdir")
+    assert "\x1b" not in msg
+    root = _two_classes(ws / "imgs" / "train")
+    make_folder(ws / "imgs" / "test", classes=("cat", "evil\nclass"), n=2, size=(8, 8))
+    refused(ws, capsys, ["run", "small.toml", "--set", 'data.dataset="imagefolder"', "--set",
+                         f'data.path="{root.parent}"', "--runs-dir", "runs"], "evil\\nclass")
 
 
 def test_predict_on_a_folder_says_it_is_a_folder(ws, capsys, runs):

@@ -293,6 +293,10 @@ def test_resume_refuses_a_live_run_and_removes_stray_temp_files(tmp_path):
     finally:
         lock.release()
     assert liveness(run.dir) is Liveness.STALE and shown_status(run.dir, read_status(run.dir)) == "stale"
+    for pid in (-1, 0):  # process groups for os.kill, never a training process: stale, not alive forever
+        write_status(run.dir, RunStatus.RUNNING, pid=pid)
+        (run.dir / rd.LOCK).unlink(missing_ok=True)
+        assert liveness(run.dir) is Liveness.STALE
     cnnlab.resume(run.dir, quiet=True)
     assert not stray.exists() and read_status(run.dir)["status"] == "completed"
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
+from cnnlab import metrics as metrics_module
 from cnnlab.metrics import (
     classification_report,
     compute_metrics,
@@ -193,6 +194,28 @@ def test_roc_auc_matches_scipy_ranks_with_heavy_ties():
     y = rng.integers(0, 3, size=400)
     prob = rng.integers(0, 4, size=(400, 3)).astype(float)  # few distinct values: many ties
     np.testing.assert_allclose(roc_auc_ovr(y, prob), _auc_sklearn(y, prob), atol=ATOL)
+
+
+def test_roc_auc_ranked_in_column_blocks_is_the_same(monkeypatch):
+    # Many classes are ranked a block of columns at a time (memory); blocks of 2 columns of 400 rows here.
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 7, size=400)
+    prob = rng.integers(0, 5, size=(400, 7)).astype(np.float32)
+    whole = roc_auc_ovr(y, prob)
+    monkeypatch.setattr(metrics_module, "AUC_BLOCK_VALUES", 800)
+    np.testing.assert_array_equal(roc_auc_ovr(y, prob), whole)
+    np.testing.assert_allclose(whole, _auc_sklearn(y, prob), atol=ATOL)
+    assert metrics_module.metrics_memory(20_000, 10_000) > 1_500_000_000  # (N, K) scores, (K, K) counts
+
+
+def test_many_classes_keep_their_confusion_matrix_out_of_metrics_json(monkeypatch):
+    monkeypatch.setattr(metrics_module, "CONFUSION_JSON_MAX_CLASSES", 3)
+    y, prob = _random_case(5, 60, 4)
+    m = compute_metrics(y, prob, list("abcd"))
+    assert m["confusion_matrix"] is None and len(m["per_class"]["f1"]) == 4
+    assert metrics_module.metrics_problem({"test": m}) is None  # a valid metrics.json
+    small = compute_metrics(y[y < 3], prob[y < 3][:, :3], list("abc"))
+    assert len(small["confusion_matrix"]) == 3
 
 
 def test_torch_inputs():

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import UserError
+from .errors import UserError, shown
 
 
 # Seeds: any non-negative 64-bit signed integer (numpy and torch take them; negative and larger
@@ -160,7 +160,7 @@ class TrainConfig(Strict):
     tta: Literal["none", "flip", "flip_translate"] = Field(
         "none", description="test-time augmentation of the final evaluation: average logits over the mirrored "
         "image (flip) and 1-pixel translations (flip_translate); per-epoch validation runs without it")
-    bn_bias_lr_scale: float = Field(1.0, gt=0, description="lr multiplier of BatchNorm biases (airbench: 64); their weight decay is divided by it so the decay per step is unchanged")
+    bn_bias_lr_scale: float = Field(1.0, ge=1e-6, le=1e6, description="lr multiplier of BatchNorm biases (airbench: 64); their weight decay is divided by it so the decay per step is unchanged")
     bn_weight_decay: float | None = Field(None, ge=0, description="weight decay of BatchNorm weights and biases; unset = weight_decay")
     ema: EMAConfig = Field(default_factory=EMAConfig)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
@@ -299,17 +299,27 @@ def _fmt_loc(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
 
 
+# At most this many problems are listed in one message (a file with 100,000 unknown keys gets the
+# first ones and the count, not a megabyte of text).
+MESSAGE_PROBLEMS_MAX = 10
+
+
 def validation_message(err: ValidationError, source: str, prefix: str = "") -> str:
     parts = []
-    for e in err.errors():
+    errors = err.errors()
+    for e in errors[:MESSAGE_PROBLEMS_MAX]:
         loc = _fmt_loc(tuple(p for p in (prefix.split(".") if prefix else []) + list(e["loc"])))
+        if len(loc) > 100:
+            loc = f"{loc[:80]}... ({len(loc):,} characters)"
         if e["type"] == "extra_forbidden":
             parts.append(f"unknown key {loc!r}")
         else:
-            msg = e["msg"]
+            msg = e["msg"].removeprefix("Value error, ")
             got = e.get("input")
-            shown = "" if isinstance(got, (dict, list)) and len(str(got)) > 60 else f" (got {got!r})"
-            parts.append(f"{loc}: {msg}{shown}")
+            quoted = "" if isinstance(got, (dict, list)) and len(str(got)) > 60 else f" (got {shown(got)})"
+            parts.append(f"{loc}: {msg}{quoted}")
+    if len(errors) > MESSAGE_PROBLEMS_MAX:
+        parts.append(f"and {len(errors) - MESSAGE_PROBLEMS_MAX:,} more problems ({len(errors):,} in all)")
     return f"invalid configuration in {source}: " + "; ".join(parts) + "."
 
 

@@ -325,7 +325,11 @@ def liveness(run_dir: str | Path, status: dict[str, Any] | None = None) -> Liven
 
 
 def _pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host."""
+    """Whether process ``pid`` exists on this host. Only a positive pid names one process: 0 and
+    negative numbers address process groups in os.kill (a hand-edited run.json must not make a
+    run look alive forever)."""
+    if pid <= 0:
+        return False
     if os.name == "nt":  # os.kill(pid, 0) would send a console Ctrl-C event there
         k32 = ctypes.WinDLL("kernel32", use_last_error=True)
         handle = k32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
@@ -401,6 +405,17 @@ def interrupt_signals() -> Iterator[None]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def helper_process_signals() -> None:
+    """Initializer of a helper process (an image-decoding pool worker), which would otherwise inherit
+    the parent's handlers with a fork and print a traceback when stopped: Ctrl-C is ignored (it
+    reaches the whole process group; the parent decides and terminates the pool), SIGTERM and SIGHUP
+    end it silently."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for s in INTERRUPT_SIGNALS:
+        if s != signal.SIGINT:
+            signal.signal(s, signal.SIG_DFL)
 
 
 def as_interrupted(e: KeyboardInterrupt) -> Interrupted:

@@ -67,14 +67,36 @@ def _as_labels(y: Any, num_classes: int, name: str) -> np.ndarray:
 
 
 def _as_probs(y_prob: Any) -> np.ndarray:
-    """Validate scores: finite float64 (N, K) with K >= 1."""
+    """Validate scores: finite floating-point (N, K) with K >= 1. float32 stays float32 (a copy in
+    float64 would double the largest array of a many-class evaluation; orderings, argmax and the
+    ranks are the same, and every reduction below is done in float64)."""
     arr = _to_numpy(y_prob)
     if arr.ndim != 2 or arr.shape[1] < 1:
         raise ValueError(f"y_prob must be 2-D (N, K) with K >= 1, got shape {arr.shape}")
-    arr = arr.astype(np.float64, copy=False)
-    if not np.all(np.isfinite(arr)):
+    if arr.dtype not in (np.float32, np.float64):
+        arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all():
         raise ValueError("y_prob contains NaN or infinite values")
     return arr
+
+
+# metrics.json holds the (K, K) confusion matrix up to this many classes (a million counts, a few
+# MB of JSON); past it the entry is null: 10,000 classes would be 10^8 counts, gigabytes of JSON
+# text to write and to parse back. predictions/<split>.npz holds what rebuilds it (y_true, y_prob).
+CONFUSION_JSON_MAX_CLASSES = 1000
+
+# roc_auc_ovr ranks this many score values at a time (columns of N rows): about 8 arrays of 8 bytes
+# each per value, so ~64 MiB whatever N and K (10,000 classes x 20,000 images would otherwise
+# allocate several 1.6 GB arrays at once).
+AUC_BLOCK_VALUES = 1 << 20
+
+
+def metrics_memory(n: int, k: int) -> int:
+    """Bytes that ``compute_metrics`` needs for a split of ``n`` images and ``k`` classes, the
+    (N, K) scores included: their finiteness mask, the ranking blocks, and the (K, K) confusion
+    matrix (with its copy as nested lists and JSON text, about 28 bytes an entry, when it is stored)."""
+    per_entry = 28 if k <= CONFUSION_JSON_MAX_CLASSES else 8
+    return n * k * (4 + 1) + 8 * 8 * min(AUC_BLOCK_VALUES, max(n, 1) * k) + per_entry * k * k
 
 
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -208,13 +230,16 @@ def roc_auc_ovr(y_true: Any, y_prob: Any) -> np.ndarray:
     t = _as_labels(y_true, k, "y_true")
     if t.shape[0] != n:
         raise ValueError(f"y_true has {t.shape[0]} samples but y_prob has {n} rows")
-    positive = t[:, None] == np.arange(k)[None, :]  # (N, K) one-hot of y_true
-    n_pos = positive.sum(axis=0).astype(np.float64)  # (K,)
+    n_pos = np.bincount(t, minlength=k).astype(np.float64)  # (K,)
     n_neg = n - n_pos  # (K,)
     if n == 0:
         return np.full(k, np.nan)
-    ranks = _average_ranks(prob)  # (N, K)
-    rank_sum = np.where(positive, ranks, 0.0).sum(axis=0)  # (K,) sum of positives' ranks
+    rank_sum = np.empty(k)  # (K,) sum of the positives' ranks in their column
+    step = max(1, AUC_BLOCK_VALUES // n)  # columns ranked at once (memory, see AUC_BLOCK_VALUES)
+    for lo in range(0, k, step):
+        cols = np.arange(lo, min(lo + step, k))
+        ranks = _average_ranks(prob[:, cols].astype(np.float64))  # (N, B)
+        rank_sum[cols] = np.where(t[:, None] == cols[None, :], ranks, 0.0).sum(axis=0)
     u = rank_sum - n_pos * (n_pos + 1) / 2.0  # (K,) Mann-Whitney U of the positives
     denom = n_pos * n_neg
     auc = np.full(k, np.nan)
@@ -239,7 +264,8 @@ def compute_metrics(
         "support": [K ints]},
         "macro": {"precision", "recall", "specificity", "f1", "auc"},
         "weighted": {same five keys, averaged with weights = support},
-        "confusion_matrix": [[K ints] * K], "class_names": [K str]}``.
+        "confusion_matrix": [[K ints] * K] (None past CONFUSION_JSON_MAX_CLASSES classes),
+        "class_names": [K str]}``.
         Macro averages are plain means over all K classes (absent classes included, as in
         scikit-learn with labels=range(K)); macro/weighted AUC skip classes whose AUC is undefined
         and are None if every class is undefined. Every NaN becomes None.
@@ -277,7 +303,7 @@ def compute_metrics(
         "per_class": per_class,
         "macro": {m: _json_float(v) for m, v in macro.items()},
         "weighted": {m: _json_float(v) for m, v in weighted.items()},
-        "confusion_matrix": cm.tolist(),
+        "confusion_matrix": cm.tolist() if k <= CONFUSION_JSON_MAX_CLASSES else None,
         "class_names": names,
     }
 
@@ -298,7 +324,9 @@ def metrics_problem(metrics: Any) -> str | None:
         if not isinstance(m.get("accuracy"), num) or isinstance(m.get("accuracy"), bool):
             return f"split {split!r} has no numeric accuracy"
         cm = m.get("confusion_matrix")
-        if not (isinstance(cm, list) and len(cm) == k and all(
+        if cm is None and k > CONFUSION_JSON_MAX_CLASSES:
+            pass  # not stored for this many classes
+        elif not (isinstance(cm, list) and len(cm) == k and all(
                 isinstance(r, list) and len(r) == k and all(_count(c) for c in r) for r in cm)):
             return f"split {split!r}: the confusion matrix is not {k} x {k} counts"
         per = m.get("per_class")
@@ -376,7 +404,7 @@ def top_k(y_prob: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"k must be between 1 and {prob.shape[1]} (number of classes), got {k}")
     # Stable sort of the negated scores = descending order, ties by ascending index. (N, K) -> (N, k)
     idx = np.argsort(-prob, axis=1, kind="stable")[:, :k].astype(np.int64)
-    return idx, np.take_along_axis(prob, idx, axis=1)
+    return idx, np.take_along_axis(prob, idx, axis=1).astype(np.float64)
 
 
 def summary(metrics: dict) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
-from .errors import UserError
+from .errors import UserError, shown
 
 T = TypeVar("T")
 
@@ -60,7 +60,7 @@ class Registry(Generic[T]):
                 return e
         at = f" in {where}" if where else ""
         raise UserError(
-            f"unknown {self.kind} {name!r}{at}. Valid {self.kind} names: {', '.join(self.names())}."
+            f"unknown {self.kind} {shown(name)}{at}. Valid {self.kind} names: {', '.join(self.names())}."
         )
 
     def get(self, name: str, where: str = "") -> T:

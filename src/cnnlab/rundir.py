@@ -180,8 +180,10 @@ def new_run_dir(runs_dir: str | Path, name: str) -> Path:
 
 
 def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` holds a run's config.toml and run.json (present: whether they can be read is
+    for the reader to say, naming the damaged file)."""
     p = Path(path)
-    return (p / CONFIG).is_file() and (p / STATUS).is_file()
+    return os.path.lexists(p / CONFIG) and os.path.lexists(p / STATUS)
 
 
 def require_run_dir(path: str | Path) -> Path:
@@ -226,6 +228,26 @@ def damaged(path: str | Path, why: str) -> UserError:
 # A run's JSON files hold a few kB per epoch; past this a file is not one cnnlab wrote (a sparse or
 # zero-filled file would otherwise be read whole into memory).
 JSON_MAX_BYTES = 512 * 10**6
+
+
+def path_problem(path: str | Path, want: str = "file") -> str | None:
+    """Why ``path`` is not what a command needs, as the end of a sentence ("does not exist", "is a
+    directory, not a file", ...), or None when it is: ``want`` = "file" (a regular file, never a
+    FIFO or device, whose read could block or never end) or "folder"."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        return "is a symbolic link to something that does not exist" if p.is_symlink() else "does not exist"
+    except OSError as e:  # a symlink loop, a path through a file, no permission
+        return f"cannot be opened ({e.strerror or type(e).__name__})"
+    if want == "folder":
+        return None if stat.S_ISDIR(st.st_mode) else "is a file, not a folder"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory, not a file"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file (a FIFO, socket or device)"
+    return None
 
 
 def text_file(path: Path) -> str:

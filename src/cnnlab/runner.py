@@ -46,7 +46,7 @@ from .inference import load_model
 from .lifecycle import (Failure, Interrupted, Liveness, RunLock, RunStatus, Stop, StopReason, as_interrupted,
                         interrupt_signals, is_disk_full, liveness, lock_owner, owner, read_status, status_of,
                         write_status)
-from .metrics import classification_report, compute_metrics
+from .metrics import classification_report, compute_metrics, metrics_memory
 from .limits import check_fits
 from .models import ImageClassifier, build_model, count_parameters, model_size
 from .report import build_loggers, check_loggers, close_loggers, log_final, report_after_run
@@ -183,6 +183,11 @@ def _check_training_memory(cfg: ExperimentConfig, data: DataSplits, device: torc
                      + (f", {size.activations:,} activation values per image" if size.activations is not None else "")
                      + f") on batches of {per_process:,} images", "lower train.batch_size, or make the model smaller",
                available, where)
+    # The final evaluation of each split: its (N, K) scores and (K, K) confusion matrix, on the host.
+    n, k = max(len(s) for s in data.splits().values()), len(data.class_names)
+    check_fits(metrics_memory(n, k), f"the metrics of {n:,} images over {k:,} classes (scores, per-class AUC, "
+                                     f"the {k:,} x {k:,} confusion matrix)",
+               "use fewer classes (data.classes) or fewer images per split (data.per_class, data.val_fraction)")
 
 
 def _trainer(cfg: ExperimentConfig, data: DataSplits, parts: _Parts, device: torch.device, run_dir: Path,

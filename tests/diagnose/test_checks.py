@@ -117,7 +117,7 @@ def test_stats_file_has_one_record_per_epoch_with_every_statistic(healthy):
 
 
 # --------------------------------------------------------------------------- real runs
-def test_collapse_softmax_plateau_lr_schedule(tmp_path):
+def test_collapse_softmax_plateau_lr_schedule(tmp_path, monkeypatch):
     # Adam lr 0.5 on a softmax-output MLP: seed 000's collapse in seconds (loss frozen near ln 10).
     d = real_run(tmp_path, model={"softmax_output": True}, train={"lr": 0.5, "epochs": 7})
     f = diagnose(d)
@@ -129,6 +129,14 @@ def test_collapse_softmax_plateau_lr_schedule(tmp_path):
     saved = json.loads((d / DIAGNOSTICS).read_text())["findings"]
     assert {"id", "severity", "evidence", "remedies", "title", "why"} <= set(saved[0])
     assert saved[0]["id"] == "collapse"  # errors first
+    # With many classes metrics.json keeps no confusion matrix: the counts come from the predictions.
+    monkeypatch.setattr("cnnlab.metrics.CONFUSION_JSON_MAX_CLASSES", 5)  # digits' 10 classes count as many
+    metrics = json.loads((d / rd.METRICS).read_text())
+    for m in metrics.values():
+        m["confusion_matrix"] = None
+    (d / rd.METRICS).write_text(json.dumps(metrics))
+    again = by_id(diagnose(d), "collapse")
+    assert again.severity == "error" and again.data["top_share"] == c.data["top_share"]
 
 
 def test_divergence_nan(tmp_path):

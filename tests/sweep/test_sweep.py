@@ -5,6 +5,7 @@ a failing trial, Optuna with pruning, and bad sweep files."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import pwd
 import shutil
@@ -258,6 +259,34 @@ repeats = 2
     assert "±" in (res.dir / "ranking.md").read_text()
 
 
+def test_a_per_class_metric_is_found_by_class_name_or_index(tmp_path):
+    body = """
+name = "pc"
+base = "exp.toml"
+metric = "val.per_class.{cls}.recall"
+[overrides]
+train.epochs = 1
+[space]
+"train.lr" = [0.01]
+"""
+    by_name = run_sweep(write_sweep(tmp_path, body.format(cls="3"), "a.toml"), runs_dir=tmp_path / "sweeps", quiet=True)
+    # digits' classes are named "0".."9": keep "5" and "6", and ask for the second one by its index
+    subset = body.format(cls="1").replace('"pc"', '"pc1"').replace("epochs = 1", "epochs = 1\ndata.classes = [5, 6]")
+    by_index = run_sweep(write_sweep(tmp_path, subset, "b.toml"), runs_dir=tmp_path / "sweeps", quiet=True)
+    for res, metric, index in ((by_name, "val.per_class.3.recall", 3), (by_index, "val.per_class.1.recall", 1)):
+        metrics = json.loads((Path(res.best["run_dir"]) / "metrics.json").read_text())["val"]
+        assert res.best[metric] == metrics["per_class"]["recall"][index]
+    assert metrics["class_names"] == ["5", "6"]
+
+
+def test_a_sweep_where_no_trial_completes_exits_1(tmp_path, capsys):
+    sweep = write_sweep(tmp_path, 'name = "none"\nbase = "exp.toml"\n[space]\n"data.per_class" = [5000]\n')
+    code = main(["sweep", str(sweep), "--runs-dir", str(tmp_path / "sweeps"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "no trial of the sweep completed (1 tried" in err and "5000" in err, err
+
+
 def test_optuna_tpe_with_median_pruning(tmp_path):
     body = """
 name = "tpe"
@@ -294,6 +323,13 @@ BAD = {
     "random without trials": ('strategy = "random"\n[space]\n"train.lr" = [0.1, 0.2]\n', ["trials"]),
     "bad metric": ('metric = "val.acc"\n[space]\n"train.lr" = [0.1]\n', ["val.acc", "val.accuracy"]),
     "missing base": ('[space]\n"train.lr" = [0.1]\n', ["nope.toml"]),
+    "per-class metric without a class": ('metric = "val.per_class.f1"\n[space]\n"train.lr" = [0.1]\n',
+                                         ["val.per_class.f1", "<class name or index>"]),
+    "per-class metric that is not one": ('metric = "val.per_class.0.support"\n[space]\n"train.lr" = [0.1]\n',
+                                         ["support", "f1"]),
+    "average with a class": ('metric = "val.macro.0.f1"\n[space]\n"train.lr" = [0.1]\n', ["val.macro.0.f1"]),
+    "half steps over an integer key": ('[space]\n"train.epochs" = { low = 1, high = 2, step = 0.5 }\n',
+                                       ["train.epochs", "1.5"]),
 }
 
 

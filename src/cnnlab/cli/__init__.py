@@ -15,7 +15,7 @@ import sys
 import warnings
 
 from .._version import __version__
-from ..errors import ReportedUserError, RunFailure, UserError
+from ..errors import ReportedUserError, RunFailure, UserError, printable
 from ..lifecycle import Interrupted
 
 # Command name -> (module under cnnlab.cli, function). A table instead of imports: a module is
@@ -117,17 +117,8 @@ def _positive(text: str) -> int:
     return n
 
 
-# Control characters (an escape sequence in a file name, a NUL) are shown escaped: a message must not
-# recolour or rewrite the user's terminal. Newlines and tabs stay.
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0, 9), *range(11, 32), 127)}
-
-
-def _printable(text: object) -> str:
-    return str(text).translate(_CONTROL)
-
-
 def _warning_line(message, category, filename, lineno, file=None, line=None):
-    print(f"warning: {_printable(message)}", file=sys.stderr)
+    print(f"warning: {printable(message)}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,13 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     except ReportedUserError:
         return 2
     except UserError as e:
-        print(f"error: {_printable(e)}", file=sys.stderr)
+        print(f"error: {printable(e)}", file=sys.stderr)
         return 2
     except RunFailure as e:
-        print(f"failed: {_printable(e)}", file=sys.stderr)
+        print(f"failed: {printable(e)}", file=sys.stderr)
         return 1
     except Interrupted as e:
-        print(_printable(e.message or f"interrupted by {e.signal_name}"), file=sys.stderr)
+        print(printable(e.message or f"interrupted by {e.signal_name}"), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted (Ctrl-C)", file=sys.stderr)

@@ -10,8 +10,10 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .. import rundir as rd
+from ..errors import UserError, printable
 from ..data import DATASETS
 from ..catalog import summarize
 from ..models import build_model, describe_models
@@ -25,6 +27,9 @@ def _console():
 
 def cmd_runs(a: argparse.Namespace) -> None:
     root = Path(a.runs_dir)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--runs-dir {str(root)!r} is a file, not a folder of runs; give the folder that "
+                        f"`cnnlab run --runs-dir` wrote into (default: runs).")
     rows = []
     damaged = []
     for status_file in sorted(root.glob(f"*/*/{rd.STATUS}")):
@@ -44,10 +49,16 @@ def cmd_runs(a: argparse.Namespace) -> None:
     for col in ("name", "date", "data set", "model", "best val acc", "test acc", "status", "directory"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(*r)
+        table.add_row(*map(_cell, r))
     _console().print(table)
     for s in damaged:
-        print(f"damaged: {s.dir}: {s.damaged}")
+        print(printable(f"damaged: {s.dir}: {s.damaged}"))
+
+
+def _cell(value: str) -> Text:
+    """A table cell from a run's files: shown literally (no rich markup), control characters escaped,
+    so a hand-edited run.json cannot clear the screen or break the table."""
+    return Text(printable(value))
 
 
 def _acc(v: float | None) -> str:
@@ -72,7 +83,7 @@ def _print_groups(rows: list[tuple], root: Path) -> None:
     for col in ("name", "n", "best val acc", "test acc"):
         table.add_column(col)
     for name, rs in groups.items():
-        table.add_row(name, str(len(rs)), stat([r[4] for r in rs]), stat([r[5] for r in rs]))
+        table.add_row(_cell(name), str(len(rs)), stat([r[4] for r in rs]), stat([r[5] for r in rs]))
     _console().print(table)
 
 

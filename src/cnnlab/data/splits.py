@@ -12,13 +12,14 @@ of the raw arrays, before any class subsetting, so a run can record exactly whic
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..config import DataConfig
-from ..errors import UserError
+from ..errors import UserError, shown
 from ..limits import check_fits
 from ._registry import DATASETS, RawData, short_list
 
@@ -178,23 +179,23 @@ def _class_subset(classes: list[int] | list[str] | None, names: list[str], datas
         return np.arange(len(names), dtype=np.int64), list(names)
     if len(classes) == 0:
         raise UserError(f"data.classes is empty; list class indices (0..{len(names) - 1}) or names, or leave it out.")
-    dupes = sorted({str(c) for c in classes if classes.count(c) > 1})
+    dupes = sorted(str(c) for c, n in Counter(classes).items() if n > 1)
     if dupes:
-        raise UserError(f"data.classes lists {', '.join(dupes)} more than once; each class may appear once.")
+        raise UserError(f"data.classes lists {short_list(dupes, 10)} more than once; each class may appear once.")
     if all(isinstance(c, int) for c in classes):
-        bad = [c for c in classes if not 0 <= c < len(names)]
+        bad = [str(c) for c in classes if not 0 <= c < len(names)]
         if bad:
             raise UserError(
-                f"data.classes: class index {', '.join(map(str, bad))} out of range for data set {dataset!r}, "
+                f"data.classes: class index {short_list(bad, 10)} out of range for data set {dataset!r}, "
                 f"which has {len(names)} classes: valid indices are 0..{len(names) - 1} ({short_list(names)})."
             )
         idx = list(classes)
     else:
         lookup = {n: i for i, n in enumerate(names)}
-        bad = [c for c in classes if c not in lookup]
+        bad = [shown(c) for c in classes if c not in lookup]
         if bad:
             raise UserError(
-                f"data.classes: unknown class name {', '.join(repr(b) for b in bad)} for data set {dataset!r}. "
+                f"data.classes: unknown class name {short_list(bad, 10)} for data set {dataset!r}. "
                 f"Valid names: {short_list(names, 120)}."
             )
         idx = [lookup[c] for c in classes]

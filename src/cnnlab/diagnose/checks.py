@@ -76,8 +76,7 @@ def check_collapse(ctx: RunContext) -> list[Finding]:
     losses = ctx.series("train_loss")
     if split is None or chance is None or not losses:
         return []
-    cm = np.asarray(ctx.metrics[split]["confusion_matrix"])  # (K, K) rows true, columns predicted
-    pred = cm.sum(axis=0)
+    pred = ctx.predicted_counts(split)  # (K,) images predicted as each class
     k, n = len(pred), int(pred.sum())
     top = int(pred.argmax())
     top_share = float(pred[top]) / max(n, 1)

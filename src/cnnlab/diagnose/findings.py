@@ -139,6 +139,23 @@ class RunContext:
         """The split whose predictions judge the model: test, else val."""
         return next((s for s in ("test", "val") if s in self.metrics), None)
 
+    def predicted_counts(self, split: str) -> np.ndarray:
+        """(K,) int64: how many images of ``split`` were predicted as each class, from the confusion
+        matrix, or from predictions/<split>.npz where metrics.json does not store the matrix (many
+        classes)."""
+        cm = self.metrics[split].get("confusion_matrix")
+        if cm is not None:
+            return np.asarray(cm, dtype=np.int64).sum(axis=0)
+        k = len(self.metrics[split]["class_names"])
+        p = self.dir / rd.PREDICTIONS / rd.prediction_file(split)
+        if rd.path_problem(p):
+            raise rd.damaged(p, "it is missing or not a regular file, and metrics.json has no confusion matrix")
+        with np.load(p, allow_pickle=False) as z:
+            y_prob = z["y_prob"]
+        if y_prob.ndim != 2 or y_prob.shape[1] != k:
+            raise rd.damaged(p, f"y_prob is not (N, {k})")
+        return np.bincount(y_prob.argmax(axis=1), minlength=k).astype(np.int64)
+
 
 def load_context(run_dir: str | Path) -> RunContext:
     """Parse a run directory; a folder that is not a run, or an unreadable file, is a UserError."""

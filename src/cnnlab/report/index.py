@@ -28,8 +28,8 @@ def write_runs_index(root: str | Path) -> Path:
     sweeps) with its name, date, data set, model, best val and test accuracy, status and a link to
     its report; then the sweep reports and comparison pages found there. Returns the page's path."""
     root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"runs folder {str(root)!r} does not exist (give --runs-dir DIR).")
+    if problem := rd.path_problem(root, "folder"):
+        raise UserError(f"runs folder {str(root)!r} {problem} (give --runs-dir DIR).")
     rd.writable_dir(root, "--runs-dir")  # index.html goes there
     rows = []
     for d in _find(root, rd.STATUS):

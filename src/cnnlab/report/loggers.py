@@ -126,7 +126,7 @@ def flatten_config(d: dict[str, Any]) -> dict[str, str]:
 
 def confusion_split(metrics: dict[str, Any]) -> str | None:
     """The split whose confusion matrix is shown: test, else val, else None."""
-    return next((s for s in ("test", "val") if "confusion_matrix" in metrics.get(s, {})), None)
+    return next((s for s in ("test", "val") if metrics.get(s, {}).get("confusion_matrix") is not None), None)
 
 
 def confusion_figure(cm: Any, class_names: list[str], title: str = "") -> Figure:

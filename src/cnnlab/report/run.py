@@ -35,6 +35,7 @@ from ..errors import UserError
 from ..experiment import load_config
 from ..inference import load_model
 from ..lifecycle import read_status, shown_status, stop_reason_of
+from ..metrics import CONFUSION_JSON_MAX_CLASSES
 from ..models import count_parameters
 from ..registry import Registry
 from ..train import read_stats
@@ -54,6 +55,8 @@ PER_CLASS_MAX_ROWS = 200
 # by. Train and val get their tables only: each split's two figures cost CPU time (docs/report.md,
 # "Cost"), and the report is written at the end of every run (sweeps included).
 FIGURE_SPLITS = ("test",)
+# One ROC curve per class stops being readable (and costs a roc_curve per class) past this.
+ROC_CURVES_MAX_CLASSES = 100
 
 
 # =========================================================================================== HTML
@@ -339,10 +342,18 @@ def section_metrics(r: RunReport) -> Markup:
         out.append(_per_class_table(m))
         if split not in FIGURE_SPLITS:
             continue
-        figs = [r.page.figure(f"confusion_{split}", confusion_figure(m["confusion_matrix"], m["class_names"]),
-                              f"{split} confusion matrix: counts, and each row divided by the class's support "
-                              f"(the diagonal is the recall of each class).")]
+        k = len(m["class_names"])
+        if m.get("confusion_matrix") is None:  # not stored past CONFUSION_JSON_MAX_CLASSES
+            figs = [note(f"{split} confusion matrix not stored for {k:,} classes (metrics.json keeps it up to "
+                         f"{CONFUSION_JSON_MAX_CLASSES:,}); predictions/{split}.npz holds y_true and y_prob to rebuild it.")]
+        else:
+            figs = [r.page.figure(f"confusion_{split}", confusion_figure(m["confusion_matrix"], m["class_names"]),
+                                  f"{split} confusion matrix: counts, and each row divided by the class's support "
+                                  f"(the diagonal is the recall of each class).")]
         try:
+            if k > ROC_CURVES_MAX_CLASSES:
+                raise UserError(f"not drawn for more than {ROC_CURVES_MAX_CLASSES} classes ({k:,}: one curve each "
+                                f"would be unreadable); metrics.json has every class's AUC")
             pred = r.predictions(split)
             figs.append(r.page.figure(f"roc_{split}", roc_figure(pred["y_true"], pred["y_prob"], m["class_names"],
                                                                  m["per_class"].get("auc"), f"{split}: one-vs-rest ROC"),

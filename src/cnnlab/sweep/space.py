@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .. import rundir as rd
 from ..config import apply_overrides, check_name, check_path, flatten, parse_override, read_toml, validation_message
-from ..errors import RunFailure, UserError
+from ..errors import RunFailure, UserError, shown
 from ..experiment import load_config, validate_config
 from ..registry import Registry
 
@@ -38,6 +39,9 @@ SUMMARY_METRICS = ("val.accuracy", "val.loss", "test.accuracy", "test.loss")
 EPOCH_KEYS = {"val.accuracy": "val_acc", "val.loss": "val_loss", "train.accuracy": "train_acc", "train.loss": "train_loss"}
 METRIC_SPLITS = ("train", "val", "test")
 METRIC_KEYS = ("accuracy", "loss", "macro", "weighted", "per_class")
+# What metrics.json holds under <split>.macro / .weighted (numbers) and <split>.per_class (one list
+# per metric, in class order): metrics.compute_metrics.
+CLASS_METRICS = ("precision", "recall", "specificity", "f1", "auc")
 
 HEARTBEAT_S = 5      # a running trial writes a heartbeat this often ...
 GRACE_S = 60         # ... and counts as dead (on any machine) after this long without one
@@ -162,8 +166,16 @@ class Param:
         return json.loads(value) if self.encoded else value
 
     def check_values(self) -> list:
-        """The values that must each validate against the experiment: every choice, both ends."""
-        return [self.decode(c) for c in self.choices] if self.choices is not None else [self.spec.low, self.spec.high]
+        """The values that must each validate against the experiment: every choice; for a range,
+        both ends and a value inside, of the type the trials will get (a float range gives floats,
+        so a step of 0.5 over an integer key is refused here, not in the middle of the sweep)."""
+        if self.choices is not None:
+            return [self.decode(c) for c in self.choices]
+        s = self.spec
+        if s.is_int:
+            return [int(s.low), int(s.high)]
+        inside = s.low + s.step if s.step is not None and s.low + s.step < s.high else (s.low + s.high) / 2
+        return [float(s.low), float(inside), float(s.high)]
 
 
 
@@ -396,22 +408,47 @@ PRUNERS.add("hyperband", _pruner("HyperbandPruner"), summary="Hyperband (several
 
 # ------------------------------------------------------------------------------ metrics
 def parse_metric(metric: str, where: str) -> list[str]:
+    """Check a sweep's ``metric`` against what metrics.json holds: ``<split>.accuracy``,
+    ``<split>.loss``, ``<split>.macro.<m>``, ``<split>.weighted.<m>`` or
+    ``<split>.per_class.<class>.<m>`` (a class name or index; ``m`` one of CLASS_METRICS). A
+    metric that can never be found is refused here, before any trial trains."""
     parts = metric.split(".")
-    if len(parts) < 2 or parts[0] not in METRIC_SPLITS or parts[1] not in METRIC_KEYS or not all(parts):
-        raise UserError(f"{where}: metric = {metric!r} is not a metric; use <split>.<name> with split one of "
-                        f"{', '.join(METRIC_SPLITS)} and name one of {', '.join(METRIC_KEYS)}, for example "
-                        f"val.accuracy, val.loss, test.accuracy, val.macro.f1, val.per_class.<class>.f1.")
+    split, key = (parts + ["", ""])[:2]
+    rest = parts[2:]
+    ok = split in METRIC_SPLITS and all(parts) and (
+        (key in ("accuracy", "loss") and not rest)
+        or (key in ("macro", "weighted") and len(rest) == 1 and rest[0] in CLASS_METRICS)
+        or (key == "per_class" and len(rest) >= 2 and rest[-1] in CLASS_METRICS))
+    if not ok:
+        raise UserError(f"{where}: metric = {shown(metric)} is not a metric; use <split>.accuracy, <split>.loss, "
+                        f"<split>.macro.<m>, <split>.weighted.<m> or <split>.per_class.<class name or index>.<m>, "
+                        f"with split one of {', '.join(METRIC_SPLITS)} and m one of {', '.join(CLASS_METRICS)}: "
+                        f"for example val.accuracy, val.loss, val.macro.f1, val.per_class.cat.recall.")
     return parts
 
 
 def metric_value(metrics: dict[str, Any], metric: str) -> float:
-    node: Any = metrics
-    for p in metric.split("."):
-        if not isinstance(node, dict) or p not in node:
-            have = ", ".join(sorted(node)) if isinstance(node, dict) else "a value"
-            raise RunFailure(f"metric {metric!r} is not in metrics.json (at {p!r} it has: {have}).")
-        node = node[p]
-    if not isinstance(node, (int, float)):
+    """The value of a checked ``metric`` (parse_metric) in a run's metrics.json."""
+    split, key, *rest = metric.split(".")
+    node: Any = metrics.get(split)
+    if not isinstance(node, dict):
+        raise RunFailure(f"metric {metric!r}: metrics.json has no {split!r} split (it has: {', '.join(sorted(metrics))}).")
+    if key == "per_class":
+        names = node.get("class_names") or []
+        cls, name = ".".join(rest[:-1]), rest[-1]
+        if cls in names:  # a name first: a class may be called "3"
+            index = names.index(cls)
+        elif cls.isdigit() and int(cls) < len(names):
+            index = int(cls)
+        else:
+            raise RunFailure(f"metric {metric!r}: this run has no class {cls!r} (its classes: "
+                             f"{', '.join(map(str, names[:30]))}{', ...' if len(names) > 30 else ''}).")
+        values = (node.get("per_class") or {}).get(name)
+        node = values[index] if isinstance(values, list) and index < len(values) else None
+    else:
+        for p in [key, *rest]:
+            node = node.get(p) if isinstance(node, dict) else None
+    if not isinstance(node, (int, float)) or isinstance(node, bool):
         raise RunFailure(f"metric {metric!r} is not a number in metrics.json.")
     return float(node)
 
@@ -464,8 +501,9 @@ def load_sweep(path: str | Path, overrides: list[str] | dict[str, Any] | None = 
         raise UserError(f"{where}: pruner = {cfg.pruner!r} watches the metric epoch by epoch, which exists for "
                         f"{', '.join(EPOCH_KEYS)} only (metric = {cfg.metric!r}).")
     base = (path.parent / cfg.base).resolve()
-    if not base.is_file():
-        raise UserError(f"{where}: base = {cfg.base!r}: {base} does not exist (the path is relative to the sweep file).")
+    if problem := rd.path_problem(base):
+        raise UserError(f"{where}: base = {cfg.base!r}: {base} {problem} (the path is relative to the sweep file; "
+                        f"give the experiment .toml file).")
 
     fixed = flatten(cfg.overrides)
     if isinstance(overrides, dict):

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..errors import UserError
-from ..rundir import atomic_write_bytes
+from ..rundir import atomic_write_bytes, path_problem
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -47,10 +47,8 @@ def load_checkpoint(path: str | Path, full: bool = False) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"checkpoint {str(path)!r} is a directory, not a checkpoint file.")
-    if not path.exists():
-        raise UserError(f"checkpoint {str(path)!r} does not exist.")
-    if not path.is_file():  # a FIFO would block the read
-        raise UserError(f"checkpoint {str(path)!r} is not a regular file (a FIFO, socket or device).")
+    if problem := path_problem(path):  # never open a FIFO: the read would block
+        raise UserError(f"checkpoint {str(path)!r} {problem}.")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, not a torch file, or a pickle with forbidden globals

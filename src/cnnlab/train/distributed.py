@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 
 from ..config import DistributedConfig
-from ..errors import ReportedUserError, RunFailure, UserError
+from ..errors import ReportedUserError, RunFailure, UserError, quote_lines
 from ..lifecycle import INTERRUPT_SIGNALS, Interrupted, Stop
 
 T = TypeVar("T")
@@ -328,7 +328,7 @@ def _tail(path: Path, lines: int = 15) -> str:
         text = path.read_text(errors="replace").strip().splitlines()
     except OSError:
         return ""
-    return "\n".join(text[-lines:])
+    return quote_lines(text[-lines:])
 
 
 def launch(args: list[str], devices: int, *, grace_s: float = 10.0, poll_s: float = 0.1) -> Path | None:
@@ -392,7 +392,7 @@ def launch(args: list[str], devices: int, *, grace_s: float = 10.0, poll_s: floa
     detail = "" if rank == 0 else _tail(logs / f"rank{rank}.log")
     _cleanup(logs)
     where = f" Run directory: {run_dir}." if run_dir else ""
-    said = f"Its last output lines:\n{detail}" if detail else "(its own message, if any, is above)"
+    said = f"Its last output lines:{detail}" if detail else "(its own message, if any, is above)"
     msg = f"{what}; the other processes were stopped.{where} {said}"
     if rc == 2:
         # Rank 0 prints to this terminal: its own paragraph already said what was wrong.

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..config import TrainConfig, TransferConfig, entry_params
 from ..errors import UserError
@@ -137,8 +137,18 @@ class StepParams(_P):
 
 
 class MultiStepParams(_P):
-    milestones: list[int] = Field(default_factory=lambda: [30, 60, 90], description="epochs at which lr decays")
+    milestones: list[int] = Field(default_factory=lambda: [30, 60, 90], max_length=1000,
+                                  description="epochs at which lr decays (increasing, from 1)")
     gamma: float = Field(0.1, gt=0)
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        # torch takes any list (a repeated milestone decays twice, a negative one never fires): refuse
+        # what is almost certainly a typo instead of training with a schedule nobody meant.
+        if any(m < 1 for m in v) or any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError("milestones must be epochs from 1 in increasing order")
+        return v
 
 
 class CosineParams(_P):

@@ -124,8 +124,8 @@ def _pretrained_state(t: TransferConfig, download: bool) -> tuple[dict[str, torc
     name = t.init_from or ""
     if t.weights_path:
         p = Path(t.weights_path)
-        if not p.is_file():
-            raise UserError(f"transfer.weights_path {str(p)!r} does not exist.")
+        if problem := rd.path_problem(p):
+            raise UserError(f"transfer.weights_path {str(p)!r} {problem}; give a .pt/.pth file of weights.")
         try:
             sd = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as e:
