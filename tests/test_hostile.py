@@ -174,6 +174,13 @@ def test_the_memory_limit_is_what_the_machine_has(ws, capsys, monkeypatch):
     refused(ws, capsys, ["run", "small.toml", "--set", "data.image_size=64"], "1.0 MB available")
 
 
+def test_the_splits_are_counted_with_the_images_they_are_cut_from(ws, capsys, monkeypatch):
+    # digits: 1,797 images of 8x8 = 115 kB loaded, and the 200 sampled (12.8 kB) copied into splits
+    monkeypatch.setenv("CNNLAB_MEMORY_LIMIT", "120000")
+    refused(ws, capsys, ["run", "small.toml", "--runs-dir", "runs"],
+            "the 115.0 kB of loaded images with their train/val/test splits", "127.8 kB", "120.0 kB available")
+
+
 def test_metrics_that_cannot_fit_are_refused_before_training(ws, capsys, monkeypatch):
     # 10,000 classes x 20,000 images need ~4 GB for the final metrics (metrics_memory, checked
     # against sklearn-sized inputs in tests/test_metrics.py); here the estimate is inflated instead.

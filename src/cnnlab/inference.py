@@ -22,7 +22,7 @@ from .experiment import load_config, validate_config, with_overrides
 from .metrics import classification_report, compute_metrics, top_k
 from .models import ImageClassifier, build_model
 from .train import (DeviceSplit, Inference, amp_dtype, build_loss, eval_weights, load_checkpoint, predict as predict_probs,
-                    prepare_process, resolve_device)
+                    check_threads, prepare_process, resolve_device)
 
 
 def load_model(run_dir: str | Path, which: str = "best",
@@ -54,10 +54,11 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", overrides: list[str]
     base = load_config(run_dir / rd.CONFIG)
     cfg = with_overrides(base, overrides, f"{run_dir / rd.CONFIG} with --set")
     device = resolve_device(cfg.train.device)
-    prepare_process(device, cfg.train.threads)
+    check_threads(cfg.train.threads)
     model, state, _ = load_model(run_dir, checkpoint, device)
     meta = state["meta"]
     data = load_data(cfg.data, cfg.seed)
+    prepare_process(device, cfg.train.threads)  # after the data (see prepare_process)
     if len(data.class_names) != len(meta["class_names"]):
         raise UserError(f"the data set has {len(data.class_names)} classes but the model was trained on "
                         f"{len(meta['class_names'])}; choose a data set or class subset with the same classes.")

@@ -52,7 +52,7 @@ from .models import ImageClassifier, build_model, count_parameters, model_size
 from .report import build_loggers, check_loggers, close_loggers, log_final, report_after_run
 from .train import (CALLBACKS, Callback, DeviceSplit, Freezing, Trainer, World, amp_dtype, apply_transfer, build_loss,
                     build_optimizer, build_scheduler, check_training_setup, epoch_steps, has_conv, load_checkpoint,
-                    prepare_process, resolve_device, seed_everything)
+                    check_threads, prepare_process, resolve_device, seed_everything)
 from .train import distributed as dist
 
 
@@ -400,9 +400,10 @@ def run(config_or_path: str | Path | ExperimentConfig | dict, overrides: list[st
         check_loggers(cfg)  # a missing logger package fails before the run directory exists
         world.start(cfg.distributed, device)
         world.from_main(lambda: rd.writable_dir(runs_dir, "--runs-dir"))  # before the data: it may take minutes
-        prepare_process(device, cfg.train.threads)
+        check_threads(cfg.train.threads)
         seed_everything(cfg.seed, cfg.deterministic)
         data = load_data(cfg.data, cfg.seed)
+        prepare_process(device, cfg.train.threads)  # after the data (see prepare_process)
         seed_everything(cfg.seed, cfg.deterministic)  # model init does not depend on how data loading used the RNG
         parts = _assemble(cfg, data, device, world, quiet or not world.is_main, new_run=True)
         env = environment(cfg.seed, device, world)  # before the directory: its git calls take a moment
@@ -555,11 +556,12 @@ def _resume_locked(run_dir: Path, cfg: ExperimentConfig, quiet: bool, world: Wor
     done = int(state["epoch"])
     if epochs is not None and epochs < done:
         raise UserError(f"--epochs {epochs}: the run has already trained {done} epochs; give a larger total.")
-    prepare_process(device, cfg.train.threads)
+    check_threads(cfg.train.threads)
     if world.is_main:
         dist.report_run_dir(run_dir)
     seed_everything(cfg.seed, cfg.deterministic)
     data = load_data(cfg.data, cfg.seed)
+    prepare_process(device, cfg.train.threads)  # after the data (see prepare_process)
     parts = _assemble(cfg, data, device, world, quiet or not world.is_main, new_run=False)
     # The trainer takes the checkpoint's state before anything is written: a checkpoint that does not
     # fit this run (an edited config.toml, a foreign file) is bad input and leaves the run as it was.

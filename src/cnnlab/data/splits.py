@@ -20,7 +20,7 @@ import torch
 
 from ..config import DataConfig
 from ..errors import UserError, shown
-from ..limits import check_fits
+from ..limits import check_fits, fmt_bytes
 from ._registry import DATASETS, RawData, short_list
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -140,10 +140,16 @@ def load_data(cfg: DataConfig, seed: int) -> DataSplits:
         )
 
     size = cfg.image_size
+    n_images = len(train_idx) + len(test_idx) + (len(val_idx) if val_idx is not None else 0)
+    h, w, c = raw.train_x.shape[1:]
     if size is not None:
-        n_images = len(train_idx) + len(test_idx) + (len(val_idx) if val_idx is not None else 0)
-        check_fits(n_images * raw.train_x.shape[-1] * size * size, f"{n_images:,} images resized to {size}x{size}",
+        check_fits(n_images * c * size * size, f"{n_images:,} images resized to {size}x{size}",
                    "lower data.image_size, or use fewer images (data.per_class, data.classes)")
+    # The splits are built while the loaded images are still held: both at once, at the peak.
+    held = raw.train_x.nbytes + (raw.test_x.nbytes if raw.test_x is not None else 0)
+    check_fits(held + n_images * c * (size * size if size is not None else h * w),
+               f"the {fmt_bytes(held)} of loaded images with their train/val/test splits",
+               "set data.image_size to a smaller size, or use fewer images (data.per_class, data.classes)")
     train = _make_split(raw, train_idx, new_y, size)
     val = _make_split(raw, val_idx, new_y, size) if val_idx is not None else None
     test = _make_split(raw, test_idx, new_y, size)
@@ -274,10 +280,20 @@ def _take(raw: RawData, idx: np.ndarray) -> np.ndarray:
     return out
 
 
+# Images gathered (and resized) at once when a split is built: the split is written chunk by chunk
+# into its final (N, C, H, W) tensor, so building it costs its own size plus one chunk, not two or
+# three full copies (gathered rows, channels-first copy, resize input).
+GATHER_CHUNK_BYTES = 64 * 2**20
+
+
 def _make_split(raw: RawData, idx: np.ndarray, new_y: np.ndarray, size: int | None) -> Split:
-    x = torch.from_numpy(_take(raw, idx)).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W) uint8
-    if size is not None and tuple(x.shape[2:]) != (size, size):
-        x = resize_uint8(x, (size, size))
+    h, w, c = raw.train_x.shape[1:]
+    out_hw = (size, size) if size is not None else (h, w)
+    x = torch.empty((len(idx), c, *out_hw), dtype=torch.uint8)  # (N, C, H, W) uint8
+    step = max(1, GATHER_CHUNK_BYTES // max(1, h * w * c))
+    for s in range(0, len(idx), step):
+        part = torch.from_numpy(_take(raw, idx[s:s + step])).permute(0, 3, 1, 2)  # (n, C, H, W) view
+        x[s:s + step] = resize_uint8(part, out_hw) if out_hw != (h, w) else part
     return Split(x=x, y=torch.from_numpy(new_y[idx].astype(np.int64)), index=idx.astype(np.int64))
 
 

@@ -18,8 +18,8 @@ registers its own).
 from .callbacks import (CALLBACKS, Callback, EarlyStopping, HistoryWriter, ModelCheckpoint, Monitor, Progress, WeightEMA,
                         epoch_line, eval_weights)
 from .checkpoints import load_checkpoint, save_checkpoint
-from .device import (CheckedForward, amp_dtype, autocast, compile_model, has_conv, keep_freed_host_memory,
-                     prepare_process, resolve_device, seed_everything)
+from .device import (CheckedForward, amp_dtype, autocast, check_threads, compile_model, has_conv,
+                     keep_freed_host_memory, prepare_process, resolve_device, seed_everything)
 from .distributed import World
 from .evaluation import TTA_VIEWS, DeviceSplit, Inference, predict
 from .losses import LOSSES, FocalLoss, build_loss, class_weight_tensor
@@ -32,7 +32,7 @@ __all__ = [
     "Trainer", "epoch_steps", "check_training_setup", "CALLBACKS", "Callback", "EarlyStopping", "ModelCheckpoint",
     "Monitor", "WeightEMA", "HistoryWriter", "Progress", "epoch_line", "eval_weights", "load_checkpoint",
     "save_checkpoint", "DeviceSplit", "Inference", "predict", "TTA_VIEWS", "CheckedForward", "amp_dtype", "autocast",
-    "compile_model", "has_conv", "keep_freed_host_memory", "prepare_process", "resolve_device", "seed_everything",
+    "check_threads", "compile_model", "has_conv", "keep_freed_host_memory", "prepare_process", "resolve_device", "seed_everything",
     "World", "LOSSES", "FocalLoss", "build_loss", "class_weight_tensor", "OPTIMIZERS", "SCHEDULERS",
     "build_optimizer", "build_scheduler", "param_groups", "TrainingStats", "read_stats", "Freezing", "Transfer",
     "UnfreezeSchedule", "apply_transfer",

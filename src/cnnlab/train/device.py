@@ -45,14 +45,21 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def check_threads(threads: int | None) -> None:
+    """Refuse ``train.threads`` above this machine's cores (called before any data loads)."""
+    cores = os.cpu_count() or 1
+    if threads and threads > cores:
+        raise UserError(f"train.threads = {threads} but this machine has {cores} CPU core(s); more threads than "
+                        f"cores only slows training down: use at most {cores}, or leave it unset.")
+
+
 def prepare_process(device: torch.device, threads: int | None = None) -> None:
     """Process-wide settings for computing on ``device``: ``threads`` (``train.threads``; None keeps
-    torch's default) and, on the CPU, :func:`keep_freed_host_memory`."""
+    torch's default) and, on the CPU, :func:`keep_freed_host_memory`. Call it after the data is
+    loaded: with freed memory kept, the decoded images released while a data set is stacked would
+    stay in the process, and loading would peak at twice the data set."""
+    check_threads(threads)
     if threads:
-        cores = os.cpu_count() or 1
-        if threads > cores:
-            raise UserError(f"train.threads = {threads} but this machine has {cores} CPU core(s); more threads than "
-                            f"cores only slows training down: use at most {cores}, or leave it unset.")
         torch.set_num_threads(threads)
     if device.type == "cpu":
         keep_freed_host_memory()
