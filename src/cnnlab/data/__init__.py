@@ -1,0 +1,31 @@
+"""Data: load raw images, subset and split them reproducibly, augment them in batches on the device.
+
+- ``_registry``: ``DATASETS`` (the names users give as ``data.dataset``) and ``RawData``, what a
+  loader returns: uint8 (N, H, W, C) images and int64 labels, official train and test splits;
+- ``sources``: ``digits`` (scikit-learn, bundled), ``mnist`` / ``fashion_mnist`` (IDX files),
+  ``cifar10`` / ``cifar100`` (the official python pickles, read by a restricted unpickler);
+- ``imagefolder``: class-per-folder images in a directory or archive, decoded in a process pool,
+  and ``read_image_files`` for prediction;
+- ``cache``: decoded image folders kept as uint8 arrays (``$CNNLAB_CACHE``);
+- ``splits``: ``load_data`` -> ``DataSplits`` (class subset, per-class sample, stratified
+  splits, resize, normalization statistics from the training part);
+- ``augment``: batched crops and flips on uint8 tensors, ``Normalizer``.
+
+Importing the package registers every data set; the named ones first (the order of
+``cnnlab datasets``).
+"""
+
+from ._registry import DATASETS, RawData
+from .sources import (CIFAR10_CLASSES, CIFAR100_CLASSES, FASHION_MNIST_CLASSES, MNIST_CLASSES,  # isort: skip
+                      read_cifar_pickle, read_idx)
+from .imagefolder import ARCHIVE_SUFFIXES, IMAGE_EXTENSIONS, read_image_files, read_imagefolder  # isort: skip
+from .augment import Normalizer, alternating_flip_mask, augment_batch, max_crop_padding
+from .cache import cache_dir
+from .splits import IMAGENET_MEAN, IMAGENET_STD, DataSplits, Split, load_data, resize_uint8
+
+__all__ = [
+    "DATASETS", "RawData", "DataSplits", "Split", "load_data", "resize_uint8", "read_image_files", "read_imagefolder",
+    "read_idx", "read_cifar_pickle", "cache_dir", "IMAGE_EXTENSIONS", "ARCHIVE_SUFFIXES", "MNIST_CLASSES",
+    "FASHION_MNIST_CLASSES", "CIFAR10_CLASSES", "CIFAR100_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "Normalizer",
+    "augment_batch", "alternating_flip_mask", "max_crop_padding",
+]

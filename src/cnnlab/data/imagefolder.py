@@ -1,0 +1,486 @@
+"""Image folders: a directory or a .tar/.tar.gz/.tgz/.tar.bz2/.tar.xz/.zip of ``class/image``
+folders, optionally under ``train/`` and ``test/``, decoded once (in a process pool while the
+folder is still being read) and cached as uint8 arrays. Also ``read_image_files`` for prediction.
+
+Every input is hostile until checked: only regular files are read (a FIFO would block the read, a
+device never end it; both are skipped with a count), a dangling link is an unreadable image, archive
+members with absolute, empty or ``..`` paths are refused, members and files past a size cap are
+unreadable images (zip bombs, sparse files), and the decoded images are counted against the memory
+available as they arrive, so a folder too large is refused before it fills the machine.
+"""
+
+from __future__ import annotations
+
+import io
+import lzma
+import multiprocessing as mp
+import os
+import re
+import stat
+import sys
+import tarfile
+import warnings
+import zipfile
+import zlib
+from collections import Counter, deque
+from itertools import chain
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from ..config import DataConfig
+from ..errors import UserError, printable, shown
+from ..lifecycle import helper_process_signals
+from ..limits import available_memory, check_fits, fmt_bytes
+from ..rundir import path_problem
+from ._registry import DATASETS, RawData, short_list
+from .cache import cached, source_stamp
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip")
+SPLIT_FOLDERS = ("train", "test")
+# One image file is read whole into memory; past this it is not an image cnnlab can use (a sparse
+# file or a zip bomb would otherwise be inflated whole), and it counts as unreadable.
+IMAGE_FILE_MAX_BYTES = 1 << 30
+# A decode work item: up to this many images or this many encoded bytes, whichever comes first. At
+# most 2 items per decode process are in flight, so the folder is read at the pace it is decoded.
+DECODE_CHUNK_IMAGES = 1000
+DECODE_CHUNK_BYTES = 64 * 2**20
+
+# (relative posix name, encoded bytes or None, why it cannot be read or None)
+Item = tuple[str, "bytes | None", "str | None"]
+# (relative posix name, decoded (H, W) or (H, W, 3) uint8 array or None, error message or None)
+Decoded = tuple[str, "np.ndarray | None", "str | None"]
+
+
+@DATASETS.register("imagefolder", summary="class-per-folder images in a directory or .tar/.tar.gz/.zip at data.path")
+def load_imagefolder(cfg: DataConfig) -> RawData:
+    """Images in ``class/`` folders (optionally under ``train/`` and ``test/``) at data.path,
+    decoded once and cached as uint8 arrays."""
+    if cfg.path is None:
+        raise UserError(
+            f"data set {cfg.dataset!r} needs data.path: a directory or .tar/.tar.gz/.tgz/.zip archive of "
+            "class folders (class/image.jpg, optionally under train/ and test/)."
+        )
+    path = Path(cfg.path).expanduser()
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        link = " (a symbolic link to something that does not exist)" if path.is_symlink() else ""
+        raise UserError(f"data.path {cfg.path!r} does not exist{link} (resolved to {str(path.resolve())!r}); give "
+                        "a directory or archive of class folders.") from None
+    except OSError as e:
+        raise UserError(f"data.path {cfg.path!r} cannot be opened ({e.strerror or e}).") from None
+    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+        raise UserError(f"data.path {cfg.path!r} is neither a directory nor a regular file (a FIFO, socket or "
+                        f"device); give a directory or one of {', '.join(ARCHIVE_SUFFIXES)}.")
+    if stat.S_ISREG(st.st_mode) and not _is_archive(path):
+        raise UserError(
+            f"data.path {cfg.path!r} is a file but not an archive; expected a directory or one of "
+            f"{', '.join(ARCHIVE_SUFFIXES)}."
+        )
+    if not cfg.cache:
+        return read_imagefolder(path, cfg.image_size, cfg.on_bad_image)
+    return cached("imagefolder", path.resolve(), source_stamp(path), [cfg.image_size, cfg.on_bad_image],
+                  lambda: read_imagefolder(path, cfg.image_size, cfg.on_bad_image))
+
+
+def _is_archive(path: Path) -> bool:
+    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _hidden(name: str) -> bool:
+    # macOS resource forks (__MACOSX/, ._x.jpg) and dot folders are not images of any class.
+    return any(p.startswith(".") or p == "__MACOSX" for p in name.split("/"))
+
+
+def _is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not _hidden(name)
+
+
+def _member_name(name: str, where: str) -> str:
+    """An archive member's path relative to the archive ("./" stripped); a path that is absolute,
+    has an empty part or goes up a folder is refused: it can only be a mistake or an attack."""
+    if name in (".", "./"):  # the archive's own top folder (tar -C dir -cf a.tar .)
+        return ""
+    rel = name[2:] if name.startswith("./") else name
+    parts = rel.rstrip("/").split("/")
+    if (name.startswith("/") or "\\" in name or any(p in ("", ".", "..") for p in parts)
+            or re.fullmatch(r"[A-Za-z]:", parts[0])):  # a Windows drive
+        raise UserError(f"{where} has a member with an absolute, empty or parent-folder path: {shown(name)}. "
+                        "Archives of class folders hold relative paths (class/image.jpg); re-create the archive "
+                        "from inside its top folder.")
+    return rel.rstrip("/")
+
+
+class _SourceReader:
+    """Streams the image files of a directory or archive as ``Item``s, in name order for a
+    directory and archive order for an archive. Special files are counted in ``special``."""
+
+    def __init__(self, path: Path, where: str):
+        self.path, self.where = path, where
+        self.special: list[str] = []
+
+    def __iter__(self) -> Iterator[Item]:
+        if self.path.is_dir():
+            yield from self._directory()
+            return
+        try:
+            if self.path.name.lower().endswith(".zip"):
+                yield from self._zip()
+            else:
+                yield from self._tar()
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
+            raise UserError(f"cannot read archive {printable(self.path)}: {_archive_problem(self.path, e)}. "
+                            "Check that the file is complete.") from None
+
+    def _directory(self) -> Iterator[Item]:
+        for dirpath, dirnames, filenames in os.walk(self.path):
+            dirnames.sort()
+            rel = Path(dirpath).relative_to(self.path).as_posix()
+            for fn in sorted(filenames):
+                name = fn if rel == "." else f"{rel}/{fn}"
+                if not _is_image_name(name):
+                    continue
+                p = Path(dirpath) / fn
+                problem = path_problem(p)
+                if problem is None:
+                    size = p.stat().st_size
+                    if size > IMAGE_FILE_MAX_BYTES:
+                        yield name, None, f"it is {size:,} bytes, more than an image file may be ({fmt_bytes(IMAGE_FILE_MAX_BYTES)})"
+                        continue
+                    try:
+                        with open(p, "rb") as f:
+                            yield name, f.read(IMAGE_FILE_MAX_BYTES + 1), None
+                    except OSError as e:
+                        yield name, None, f"it cannot be read ({e.strerror or e})"
+                elif problem.startswith("is not a regular file"):
+                    self.special.append(name)  # never opened: a FIFO's read blocks until someone writes
+                else:
+                    yield name, None, f"it {problem}"
+
+    def _zip(self) -> Iterator[Item]:
+        with zipfile.ZipFile(self.path) as zf:
+            for info in zf.infolist():
+                name = _member_name(info.filename, self.where)
+                if info.is_dir() or not name or not _is_image_name(name):
+                    continue
+                if info.flag_bits & 0x1:
+                    yield name, None, "it is encrypted"
+                elif info.file_size > IMAGE_FILE_MAX_BYTES:
+                    yield name, None, f"it unpacks to {info.file_size:,} bytes, more than an image file may be"
+                else:
+                    try:
+                        with zf.open(info) as f:  # read at most the cap: the declared size may lie
+                            data = f.read(IMAGE_FILE_MAX_BYTES + 1)
+                        yield name, data, None
+                    except NotImplementedError as e:  # a compression method zipfile does not know
+                        yield name, None, f"it is stored in a way this reader does not support ({e})"
+                    except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError) as e:
+                        yield name, None, f"its compressed data is damaged ({type(e).__name__}: {e})"
+
+    def _tar(self) -> Iterator[Item]:
+        with tarfile.open(self.path, "r:*") as tf:
+            for m in tf:  # streamed: a .tar.gz is read once, front to back
+                name = _member_name(m.name, self.where)
+                if m.isdir() or not name or not _is_image_name(name):
+                    continue
+                if m.issym() or m.islnk():
+                    yield name, None, "it is a link inside the archive, not an image file"
+                elif not m.isfile():
+                    self.special.append(name)
+                elif m.issparse() or m.size > IMAGE_FILE_MAX_BYTES:
+                    yield name, None, f"it is a {'sparse' if m.issparse() else 'huge'} member ({m.size:,} bytes)"
+                else:
+                    f = tf.extractfile(m)
+                    if f is not None:
+                        yield name, f.read(), None
+
+
+def _archive_problem(path: Path, e: BaseException) -> str:
+    """One line on why an archive cannot be read (tarfile's "r:*" error lists every method it tried,
+    over several lines)."""
+    if isinstance(e, tarfile.ReadError):
+        with open(path, "rb") as f:
+            head = f.read(6)
+        kind = next((k for magic, k in ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ", "xz"))
+                     if head.startswith(magic)), None)
+        if kind:
+            return f"it is {kind}-compressed, but what it holds is not tar data, or it is cut short"
+        return "it is not tar data (nor gzip, bzip2 or xz compressed tar data)"
+    return " ".join(f"{type(e).__name__}: {e}".split())[:300]
+
+
+def _chunks(items: Iterable[Item]) -> Iterator[list[Item]]:
+    """Work items of at most DECODE_CHUNK_IMAGES images or DECODE_CHUNK_BYTES encoded bytes."""
+    chunk: list[Item] = []
+    size = 0
+    for item in items:
+        chunk.append(item)
+        size += len(item[1] or b"")
+        if len(chunk) >= DECODE_CHUNK_IMAGES or size >= DECODE_CHUNK_BYTES:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def _decode_chunk(items: list[Item], size: int | None) -> list[Decoded]:
+    """Decode items with PIL: (name, array, None) or (name, None, error message).
+
+    Arrays are (H, W) for grayscale images and (H, W, 3) for everything else, resized to
+    (size, size) with bilinear filtering when ``size`` is given. Runs in worker processes.
+    """
+    from PIL import Image, UnidentifiedImageError  # PIL is only needed where images are decoded
+
+    out: list[Decoded] = []
+    for name, data, problem in items:
+        if data is None:
+            out.append((name, None, problem))
+            continue
+        if not data:
+            out.append((name, None, "the file is empty"))
+            continue
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                if size is not None:
+                    im.draft(im.mode if im.mode in ("L", "RGB") else None, (size, size))  # JPEG: decode at reduced scale
+                im = im.convert("L" if im.mode in ("L", "1", "LA", "I;16", "I") else "RGB")
+                if size is not None and im.size != (size, size):
+                    im = im.resize((size, size), Image.Resampling.BILINEAR)
+                out.append((name, np.asarray(im, dtype=np.uint8), None))
+        except UnidentifiedImageError:
+            out.append((name, None, f"it is not an image file of a known format ({len(data):,} bytes that "
+                                    f"start {data[:8]!r})"))
+        except Exception as e:  # PIL raises many kinds of error for damaged files
+            out.append((name, None, " ".join(f"{type(e).__name__}: {e}".split())[:300]))
+    return out
+
+
+def _decode_worker(args: tuple[list[Item], int | None]) -> tuple[list[str], Any, list[str | None]]:
+    """Pool side of ``_decode_chunk``: names, the arrays stacked into one (n, H, W[, 3]) array when
+    they all have one shape (one pickle instead of a thousand), and the error messages."""
+    res = _decode_chunk(*args)
+    arrays = [a for _, a, _ in res]
+    shapes = {a.shape for a in arrays if a is not None}
+    if len(shapes) == 1 and all(a is not None for a in arrays):
+        arrays = np.stack(arrays)  # type: ignore[assignment]
+    return [n for n, _, _ in res], arrays, [e for _, _, e in res]
+
+
+def _workers() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8))
+
+
+def _decoded_in_order(chunks: Iterator[list[Item]], size: int | None) -> Iterator[list[Decoded]]:
+    """Decoded chunks in order: inline for a single chunk, else in a process pool while the main
+    process keeps reading (reading and decoding overlap). At most two chunks per process are in
+    flight: Pool.imap would read the whole folder into its queue ahead of the decoders."""
+    first = next(chunks, None)
+    if first is None:
+        return
+    second = next(chunks, None)
+    n_proc = _workers()
+    # Daemonic processes (e.g. a worker of a sweep pool) may not start children: decode inline.
+    if second is None or n_proc < 2 or mp.current_process().daemon:
+        for c in chain([first], [second] if second else [], chunks):
+            yield _decode_chunk(c, size)
+        return
+    # fork is cheap and needs no re-import on Linux; other platforms use their default method.
+    ctx = mp.get_context("fork") if sys.platform.startswith("linux") else mp.get_context()
+    with ctx.Pool(n_proc, initializer=helper_process_signals) as pool:
+        pending: deque = deque()
+        for c in chain([first, second], chunks):
+            pending.append(pool.apply_async(_decode_worker, ((c, size),)))
+            while len(pending) >= 2 * n_proc:
+                yield _unpack(pending.popleft().get())
+        while pending:
+            yield _unpack(pending.popleft().get())
+
+
+def _unpack(result: tuple[list[str], Any, list[str | None]]) -> list[Decoded]:
+    names, arrays, errors = result
+    return list(zip(names, arrays, errors))  # rows of a stacked array are views
+
+
+def _decode_all(reader: _SourceReader, size: int | None, where: str) -> list[Decoded]:
+    """Every image of ``reader`` decoded; the decoded bytes are counted as they arrive and the
+    folder refused once they pass the memory available (before it fills the machine)."""
+    avail = available_memory()
+    held, results = 0, []
+    for chunk in _decoded_in_order(_chunks(reader), size):
+        results.extend(chunk)
+        held += sum(a.nbytes for _, a, _ in chunk if a is not None)
+        if avail is not None and held > avail:
+            check_fits(held, f"the decoded images of {where} ({len(results):,} decoded so far)",
+                       "set data.image_size to decode them at a smaller size, or use a smaller folder",
+                       available=avail)
+    return results
+
+
+def read_imagefolder(path: Path, size: int | None, on_bad_image: str) -> RawData:
+    """Decode an image folder/archive at ``path`` into RawData (no caching)."""
+    where = f"archive {printable(path)}" if path.is_file() else f"folder {printable(path)}"
+    reader = _SourceReader(path, where)
+    decoded = _decode_all(reader, size, where)
+    if reader.special:
+        warnings.warn(f"skipped {len(reader.special)} special file(s) (FIFOs, sockets or devices, never opened) "
+                      f"in {where}: {short_list(reader.special, 5)}", stacklevel=2)
+    bad = [(n, err) for n, a, err in decoded if a is None]
+    if bad and on_bad_image == "error":
+        name, err = bad[0]
+        more = f" ({len(bad) - 1:,} more unreadable images)" if len(bad) > 1 else ""
+        raise UserError(
+            f"cannot read image {shown(name)} in {where}: {err}{more}. Fix or remove the file, or set "
+            'data.on_bad_image = "skip" to skip unreadable images.'
+        )
+    if bad:
+        warnings.warn(f"skipped {len(bad)} unreadable image(s) in {where}: {short_list([n for n, _ in bad], 5)}",
+                      stacklevel=2)
+    good = sorted(((n, a) for n, a, _ in decoded if a is not None), key=lambda t: t[0])
+    del decoded
+    if not good:
+        raise UserError(
+            f"no {'readable ' if bad else ''}images found in {where}: expected class folders such as "
+            f"<class>/<image>.jpg, optionally under train/ and test/, with extensions {', '.join(IMAGE_EXTENSIONS)}."
+        )
+    names = [n for n, _ in good]
+    split_of, class_of, ignored = _layout(names, where)
+    if ignored:
+        warnings.warn(f"ignored {ignored} image(s) outside class folders in {where}.", stacklevel=2)
+    classes = sorted({c for s, c in zip(split_of, class_of) if c is not None and s == "train"})
+    test_only = sorted({c for s, c in zip(split_of, class_of) if s == "test" and c is not None} - set(classes))
+    if test_only:
+        raise UserError(
+            f"{where}: class folder(s) {short_list(test_only, 10)} exist under test/ but not under train/; "
+            "every test class needs training images."
+        )
+    if not classes:
+        raise UserError(
+            f"no images inside class folders in {where}: expected <class>/<image> (optionally under train/ and test/)."
+        )
+    if len(classes) == 1:
+        raise UserError(f"{where} has one class folder ({short_list(classes)}): a classifier needs at least two "
+                        "(with one, every prediction is right). Add a folder of images for each other class.")
+    label = {c: i for i, c in enumerate(classes)}
+    y = np.array([label.get(c, -1) if c is not None else -1 for c in class_of], dtype=np.int64)
+    keep_train = np.array([s == "train" and c is not None for s, c in zip(split_of, class_of)])
+    keep_test = np.array([s == "test" and c is not None for s, c in zip(split_of, class_of)])
+    has_test = bool(keep_test.any())
+    arrays = [a for _, a in good]
+    del good
+    # Lists that alone hold the decoded images, so _uniform can release each one as it stacks it.
+    train_list = [arrays[i] for i in np.flatnonzero(keep_train)]
+    test_list = [arrays[i] for i in np.flatnonzero(keep_test)]
+    del arrays
+    train_x = _uniform(train_list, size, where)
+    test_x = _uniform(test_list, size, where, train_x.shape[1:]) if has_test else None
+    layout = "train/ and test/ folders" if has_test else "class folders"
+    return RawData(train_x, y[keep_train], test_x, y[keep_test] if has_test else None,
+                   classes, f"image {where} ({layout})")
+
+
+def _layout(names: list[str], where: str) -> tuple[list[str], list[str | None], int]:
+    """Per image: its split ("train" or "test") and class folder (None when outside any class
+    folder), plus how many were outside. Strips one or more common top folders (e.g. cifar10/)."""
+    parts = [n.split("/") for n in names]
+    while True:
+        firsts = {p[0] for p in parts}
+        if len(firsts) == 1 and all(len(p) >= 3 for p in parts) and next(iter(firsts)).lower() not in SPLIT_FOLDERS:
+            parts = [p[1:] for p in parts]
+        else:
+            break
+    firsts = {p[0].lower() for p in parts if len(p) >= 2}
+    split_layout = bool(firsts) and firsts <= set(SPLIT_FOLDERS) and "train" in firsts
+    if firsts == {"test"}:
+        raise UserError(f"{where} has a test/ folder but no train/ folder; add train/<class>/ images.")
+    splits: list[str] = []
+    classes: list[str | None] = []
+    ignored = 0
+    for p in parts:
+        s, rest = (p[0].lower(), p[1:]) if split_layout else ("train", p)
+        splits.append(s)
+        if len(rest) >= 2:
+            classes.append(rest[0])
+        else:
+            classes.append(None)
+            ignored += 1
+    return splits, classes, ignored
+
+
+def _uniform(arrays: list[np.ndarray], size: int | None, where: str,
+             shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Stack decoded images into (N, H, W, C): 1 channel if all are gray, else RGB; images whose
+    size differs from the most common one (or ``shape`` = (H, W, C), the train split's) are resized
+    to it (bilinear). Each decoded image is released once it is stacked, so the peak is about the
+    larger of the decoded images and the stack, not both."""
+    from PIL import Image  # PIL is only needed where images are decoded
+
+    if shape is not None:
+        (h, w), channels = shape[:2], shape[2]
+    else:
+        channels = 3 if any(a.ndim == 3 for a in arrays) else 1
+        sizes = Counter(a.shape[:2] for a in arrays)
+        (h, w), _ = sizes.most_common(1)[0]
+        if len(sizes) > 1:
+            warnings.warn(
+                f"images in {where} have {len(sizes)} different sizes; resizing to the most common, {h}x{w} "
+                "(set data.image_size to choose the size).",
+                stacklevel=3,
+            )
+    need = len(arrays) * h * w * channels
+    held = sum(a.nbytes for a in arrays)
+    check_fits(max(need, held), f"the {len(arrays):,} decoded images of {where} stacked at {h}x{w}x{channels}",
+               "set data.image_size to a smaller size, or use a smaller folder")
+    out = np.empty((len(arrays), h, w, channels), dtype=np.uint8)
+    for i in range(len(arrays)):
+        a = arrays[i]
+        arrays[i] = None  # type: ignore[call-overload]  # release it: the caller holds no other reference
+        if a.shape[:2] != (h, w):
+            a = np.asarray(Image.fromarray(a).resize((w, h), Image.Resampling.BILINEAR))
+        if channels == 1 and a.ndim == 3:  # an RGB test image in a gray data set: its luminance
+            a = np.asarray(Image.fromarray(a).convert("L"))
+        out[i] = a[..., None] if a.ndim == 2 else a  # a gray (H, W) broadcasts to 3 channels
+    return out
+
+
+# ------------------------------------------------------------------------------ read_image_files
+def read_image_files(paths: list[str], channels: int, size: tuple[int, int]) -> torch.Tensor:
+    """Decode image files for prediction: uint8 (N, C, H, W), converted to ``channels`` (1 or 3)
+    and resized (bilinear) to ``size`` = (H, W). A missing or unreadable file raises UserError."""
+    from PIL import Image  # PIL is only needed where images are decoded
+
+    if channels not in (1, 3):
+        raise UserError(f"images can be read with 1 or 3 channels, not {channels}.")
+    if not paths:
+        raise UserError("no image files given to predict on.")
+    h, w = int(size[0]), int(size[1])
+    check_fits(len(paths) * channels * h * w, f"{len(paths):,} images at {h}x{w}", "predict on fewer images at once")
+    out = torch.empty((len(paths), channels, h, w), dtype=torch.uint8)
+    for i, p in enumerate(paths):
+        path = Path(p).expanduser()
+        problem = path_problem(path)
+        if problem is not None:
+            raise UserError(f"image file {str(p)!r} {problem.replace('not a file', 'not an image file')}.")
+        if path.stat().st_size > IMAGE_FILE_MAX_BYTES:
+            raise UserError(f"image file {str(p)!r} is {path.stat().st_size:,} bytes, more than an image file may be "
+                            f"({fmt_bytes(IMAGE_FILE_MAX_BYTES)}).")
+        try:
+            with Image.open(path) as im:
+                im = im.convert("L" if channels == 1 else "RGB")
+                if im.size != (w, h):
+                    im = im.resize((w, h), Image.Resampling.BILINEAR)
+                arr = np.asarray(im, dtype=np.uint8)
+        except Exception as e:  # PIL raises many types for bad files
+            why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+            raise UserError(
+                f"cannot read image file {str(p)!r}: {why}. Supported formats: {', '.join(IMAGE_EXTENSIONS)}."
+            ) from None
+        out[i] = torch.from_numpy(arr.reshape(h, w, channels).copy()).permute(2, 0, 1)
+    return out
