@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -170,3 +172,14 @@ def test_every_package_lists_its_public_api(package):
     assert mod.__all__, f"{package}.__all__ is empty"
     missing = [n for n in mod.__all__ if not hasattr(mod, n)]
     assert not missing, f"{package}.__all__ names what it does not define: {missing}"
+
+
+@pytest.mark.skipif(not (SRC.parents[1] / ".git").exists() or shutil.which("git") is None,
+                    reason="not a git checkout (or no git): nothing can be ignored by mistake")
+def test_no_source_or_test_file_is_ignored_by_git():
+    """A .gitignore pattern once hid the whole data package (``data/`` matched src/cnnlab/data/):
+    the tests passed here and CI failed at import. Every source and test file must be committable."""
+    out = subprocess.run(["git", "ls-files", "--others", "--ignored", "--exclude-standard", "--", "src", "tests"],
+                         cwd=SRC.parents[1], capture_output=True, text=True, check=True).stdout.split("\n")
+    hidden = [f for f in out if f.endswith((".py", ".toml", ".md", ".json")) and "egg-info" not in f]
+    assert not hidden, f"files git ignores: {hidden}"

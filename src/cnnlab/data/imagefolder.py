@@ -422,11 +422,14 @@ def _uniform(arrays: list[np.ndarray], size: int | None, where: str,
     larger of the decoded images and the stack, not both."""
     from PIL import Image  # PIL is only needed where images are decoded
 
-    if shape is not None:
+    sizes = Counter(a.shape[:2] for a in arrays)
+    if shape is not None:  # the test split takes the train split's size and channels
         (h, w), channels = shape[:2], shape[2]
+        if set(sizes) != {(h, w)}:
+            warnings.warn(f"test images in {where} are not all {h}x{w} like the most common training image; "
+                          "resizing them to it (set data.image_size to choose the size).", stacklevel=3)
     else:
         channels = 3 if any(a.ndim == 3 for a in arrays) else 1
-        sizes = Counter(a.shape[:2] for a in arrays)
         (h, w), _ = sizes.most_common(1)[0]
         if len(sizes) > 1:
             warnings.warn(

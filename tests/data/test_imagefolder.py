@@ -1,0 +1,290 @@
+"""Image folders and archives, the decode cache, and reading image files for prediction."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import cnnlab.data as data
+from cnnlab.config import DataConfig
+from cnnlab.data import DataSplits, RawData, imagefolder, load_data, read_image_files, sources
+from cnnlab.errors import UserError
+
+from .writers import (make_folder, make_split_folder, tar_dir,
+                      write_image, zip_dir)
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+
+
+def cfg(**kw) -> DataConfig:
+    kw.setdefault("download", False)
+    return DataConfig(**kw)
+
+
+def pool_x(raw: RawData) -> np.ndarray:
+    return raw.train_x if raw.test_x is None else np.concatenate([raw.train_x, raw.test_x])
+
+
+def assert_consistent(d: DataSplits, raw: RawData, keep: list[int] | None = None) -> None:
+    """Every split's images and labels are exactly the source-pool rows its index names."""
+    px = torch.from_numpy(pool_x(raw)).permute(0, 3, 1, 2)
+    py = raw.train_y if raw.test_y is None else np.concatenate([raw.train_y, raw.test_y])
+    keep = list(range(len(raw.class_names))) if keep is None else keep
+    for name, s in d.splits().items():
+        assert s.x.dtype == torch.uint8 and s.x.is_contiguous() and s.x.ndim == 4
+        assert s.y.dtype == torch.int64 and s.index.dtype == np.int64
+        assert len(s.x) == len(s.y) == len(s.index)
+        assert torch.equal(s.x, px[s.index]), name
+        assert [keep[i] for i in s.y.tolist()] == py[s.index].tolist(), name
+    all_idx = np.concatenate(list(d.indices().values()))
+    assert len(np.unique(all_idx)) == len(all_idx)  # no image in two splits
+
+
+
+# ------------------------------------------------------------------------------ imagefolder
+def test_imagefolder_directory_rgb_mixed_sizes(tmp_path):
+    root = make_folder(tmp_path / "imgs", n=6)
+    write_image(root / "dog" / "big.png", size=(20, 16), seed=5)
+    with pytest.warns(UserWarning, match="different sizes; resizing to the most common, 12x12"):
+        raw = imagefolder.load_imagefolder(cfg(path=str(root), cache=False))
+    assert raw.class_names == ["cat", "dog", "emu"] and raw.train_x.shape == (19, 12, 12, 3) and raw.test_x is None
+    assert np.bincount(raw.train_y).tolist() == [6, 7, 6]
+    with pytest.warns(UserWarning, match="different sizes"):
+        d = load_data(cfg(dataset="imagefolder", path=str(root), cache=False, test_fraction=1 / 3, val_fraction=0), 0)
+    assert d.input_shape == (3, 12, 12) and len(d.test) == 6 and len(d.train) == 13
+
+
+def test_imagefolder_grayscale_keeps_one_channel(tmp_path):
+    root = make_folder(tmp_path / "gray", mode="L", ext="jpg", n=5)
+    d = load_data(cfg(dataset="imagefolder", path=str(root)), 0)
+    assert d.input_shape == (1, 12, 12)
+    # one RGB image makes the whole set RGB
+    write_image(root / "cat" / "color.png", seed=3)
+    assert imagefolder.load_imagefolder(cfg(path=str(root), cache=False)).train_x.shape[-1] == 3
+
+
+def test_imagefolder_tar_gz_with_top_folder_and_splits(tmp_path):
+    src = make_split_folder(tmp_path / "src")
+    archive = tar_dir(src, tmp_path / "set.tar.gz", top="myset")
+    d = load_data(cfg(dataset="imagefolder", path=str(archive), val_fraction=0), 0)
+    assert d.class_names == ["cat", "dog", "emu"]
+    assert len(d.train) == 18 and len(d.test) == 6 and d.test.index.min() == 18
+    # the same pixels as the directory (PNG is lossless), in the same order
+    from_dir = imagefolder.load_imagefolder(cfg(path=str(src)))
+    from_tar = imagefolder.load_imagefolder(cfg(path=str(archive)))
+    assert np.array_equal(from_dir.train_x, from_tar.train_x) and np.array_equal(from_dir.test_y, from_tar.test_y)
+    assert from_tar.train_x[0].tolist() == np.asarray(Image.open(src / "train" / "cat" / "000.png")).tolist()
+    assert "set.tar.gz" in d.source
+
+
+def test_imagefolder_zip(tmp_path):
+    src = make_split_folder(tmp_path / "src", n_train=4, n_test=1)
+    archive = zip_dir(src, tmp_path / "set.zip", top="top")
+    with zipfile.ZipFile(archive, "a") as zf:  # macOS junk must be ignored
+        zf.writestr("__MACOSX/top/train/cat/._000.png", b"junk")
+        zf.writestr("top/README.txt", b"hello")
+    d = load_data(cfg(dataset="imagefolder", path=str(archive), val_fraction=0), 0)
+    assert len(d.train) == 12 and len(d.test) == 3
+
+
+def test_imagefolder_image_size(tmp_path):
+    root = make_folder(tmp_path / "imgs", n=4, ext="jpg")
+    d = load_data(cfg(dataset="imagefolder", path=str(root), image_size=8), 0)
+    assert d.input_shape == (3, 8, 8)
+
+
+def test_imagefolder_decode_pool_matches_inline(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "imgs", n=10)
+    inline = imagefolder.load_imagefolder(cfg(path=str(root), cache=False))
+    monkeypatch.setattr(imagefolder, "DECODE_CHUNK_IMAGES", 4)  # 30 images -> 8 work items for the pool
+    pooled = imagefolder.load_imagefolder(cfg(path=str(root), cache=False))
+    assert np.array_equal(inline.train_x, pooled.train_x) and np.array_equal(inline.train_y, pooled.train_y)
+
+
+def test_imagefolder_errors(tmp_path):
+    with pytest.raises(UserError, match="needs data.path"):
+        load_data(cfg(dataset="imagefolder"), 0)
+    with pytest.raises(UserError, match="does not exist"):
+        load_data(cfg(dataset="imagefolder", path=str(tmp_path / "nope")), 0)
+    (tmp_path / "empty" / "cat").mkdir(parents=True)
+    with pytest.raises(UserError, match="no images found in folder"):
+        load_data(cfg(dataset="imagefolder", path=str(tmp_path / "empty")), 0)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(UserError, match="not an archive"):
+        load_data(cfg(dataset="imagefolder", path=str(tmp_path / "notes.txt")), 0)
+    (tmp_path / "broken.tar.gz").write_bytes(b"\x1f\x8b garbage")
+    with pytest.raises(UserError, match=r"cannot read archive .*broken\.tar\.gz"):
+        load_data(cfg(dataset="imagefolder", path=str(tmp_path / "broken.tar.gz")), 0)
+    src = make_folder(tmp_path / "split" / "train", classes=("a",), n=3)
+    make_folder(tmp_path / "split" / "test", classes=("a", "b"), n=1)
+    with pytest.raises(UserError, match=r"class folder\(s\) b exist under test/ but not under train/"):
+        load_data(cfg(dataset="imagefolder", path=str(src.parent)), 0)
+
+
+def test_unreadable_image_error_and_skip(tmp_path):
+    root = make_folder(tmp_path / "imgs", n=5)
+    (root / "dog" / "bad.jpg").write_bytes(b"this is not a jpeg")
+    with pytest.raises(UserError, match=r"cannot read image 'dog/bad\.jpg' in folder .*on_bad_image"):
+        load_data(cfg(dataset="imagefolder", path=str(root)), 0)
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image.*dog/bad\.jpg"):
+        d = load_data(cfg(dataset="imagefolder", path=str(root), on_bad_image="skip"), 0)
+    assert sum(len(s) for s in d.splits().values()) == 15
+    # inside an archive the message names the member and the archive
+    archive = tar_dir(root, tmp_path / "a.tar.gz")
+    with pytest.raises(UserError, match=r"'dog/bad\.jpg' in archive .*a\.tar\.gz"):
+        load_data(cfg(dataset="imagefolder", path=str(archive)), 0)
+
+
+def test_named_data_set_from_image_archive(tmp_path):
+    src = tmp_path / "c10"
+    make_split_folder(src, classes=data.CIFAR10_CLASSES, n_train=2, n_test=1)
+    archive = tar_dir(src, tmp_path / "cifar10-jpeg.tar.gz", top="cifar10")
+    d = load_data(cfg(dataset="cifar10", path=str(archive), val_fraction=0), 0)
+    assert d.class_names == data.CIFAR10_CLASSES and len(d.train) == 20 and len(d.test) == 10
+    bad = make_folder(tmp_path / "bad", classes=("airplane", "zebra"), n=2)
+    pattern = r"do not match CIFAR-10's classes; unexpected folders: zebra; missing classes: automobile"
+    with pytest.raises(UserError, match=pattern):
+        load_data(cfg(dataset="cifar10", path=str(bad)), 0)
+
+
+def test_fashion_mnist_folder_maps_to_official_label_order(tmp_path):
+    folders = ["T-shirt_top", "trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "ankle boot"]
+    root = make_folder(tmp_path / "fm", classes=folders, n=2, mode="L")
+    raw = sources.load_fashion_mnist(cfg(path=str(root)))
+    assert raw.class_names == data.FASHION_MNIST_CLASSES
+    # sorted folders: Bag is folder label 0 but official label 8; its first image is fm/Bag/000.png
+    bag = np.asarray(Image.open(root / "Bag" / "000.png"))
+    rows = np.flatnonzero(raw.train_y == 8)
+    assert any(np.array_equal(raw.train_x[r, ..., 0], bag) for r in rows)
+
+
+# ---------------------------------------------------------------------------------- caching
+def test_cache_is_used_on_second_load(tmp_path, monkeypatch):
+    root = make_split_folder(tmp_path / "src")
+    archive = tar_dir(root, tmp_path / "s.tar.gz")
+    first = load_data(cfg(dataset="imagefolder", path=str(archive)), 3)
+    files = list((tmp_path / "cache").glob("imagefolder-*.npz"))
+    assert len(files) == 1 and not list((tmp_path / "cache").glob("*.tmp"))
+
+    def no_decode(*a, **k):
+        raise AssertionError("decoded again despite the cache")
+
+    monkeypatch.setattr(imagefolder, "read_imagefolder", no_decode)
+    second = load_data(cfg(dataset="imagefolder", path=str(archive)), 3)
+    assert torch.equal(first.train.x, second.train.x) and first.class_names == second.class_names
+    assert first.source == second.source
+    # a different image_size is a different cache entry
+    with pytest.raises(AssertionError):
+        load_data(cfg(dataset="imagefolder", path=str(archive), image_size=8), 3)
+
+
+def test_corrupt_cache_is_rebuilt(tmp_path):
+    root = make_folder(tmp_path / "src", n=4)
+    first = imagefolder.load_imagefolder(cfg(path=str(root)))
+    (cache_file,) = (tmp_path / "cache").glob("*.npz")
+    cache_file.write_bytes(b"garbage")
+    again = imagefolder.load_imagefolder(cfg(path=str(root)))
+    assert np.array_equal(first.train_x, again.train_x)
+    assert np.load(cache_file)["train_x"].shape == first.train_x.shape  # rewritten properly
+
+
+def test_cache_follows_changes_and_can_be_off(tmp_path):
+    root = make_folder(tmp_path / "src", n=4)
+    assert len(imagefolder.load_imagefolder(cfg(path=str(root))).train_y) == 12
+    write_image(root / "cat" / "new.png", seed=77)
+    assert len(imagefolder.load_imagefolder(cfg(path=str(root))).train_y) == 13  # a file inside a class folder changed
+    # The changed source's new cache file replaced the old one; other options keep their own file.
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+    imagefolder.load_imagefolder(cfg(path=str(root), image_size=8))
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+    write_image(root / "cat" / "newer.png", seed=78)
+    assert len(imagefolder.load_imagefolder(cfg(path=str(root))).train_y) == 14
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2  # one per option set, the newest version each
+    off = tmp_path / "off"
+    make_folder(off, n=2)
+    before = set((tmp_path / "cache").glob("*"))
+    imagefolder.load_imagefolder(cfg(path=str(off), cache=False))
+    assert set((tmp_path / "cache").glob("*")) == before
+
+
+# ------------------------------------------------------------------------------ hostile input
+def test_zip_members_with_parent_or_absolute_paths_are_refused(tmp_path):
+    for member in ("../cat/x.png", "/cat/x.png", "cat/../../x.png", "C:/cat/x.png", "cat\\x.png"):
+        archive = zip_dir(make_folder(tmp_path / "src", n=2), tmp_path / "a.zip")
+        with zipfile.ZipFile(archive, "a") as zf:
+            zf.writestr(zipfile.ZipInfo(member), b"x")  # ZipInfo keeps the name as given
+        with pytest.raises(UserError, match="absolute, empty or parent-folder path"):
+            imagefolder.load_imagefolder(cfg(path=str(archive), cache=False))
+
+
+def test_a_tar_of_the_current_folder_is_not_a_bad_member(tmp_path):
+    archive = tar_dir(make_folder(tmp_path / "src", n=2), tmp_path / "a.tar", mode="w")  # members "." and "./cat/..."
+    assert imagefolder.load_imagefolder(cfg(path=str(archive), cache=False)).n_train == 6
+
+
+def test_files_and_members_past_the_size_cap_are_unreadable_images(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "src", n=3)
+    (root / "cat" / "huge.png").write_bytes(bytes(5000))
+    monkeypatch.setattr(imagefolder, "IMAGE_FILE_MAX_BYTES", 4000)
+    for path in (root, zip_dir(root, tmp_path / "a.zip"), tar_dir(root, tmp_path / "a.tar.gz")):
+        with pytest.raises(UserError, match=r"cannot read image 'cat/huge.png'.*5,000 bytes"):
+            imagefolder.load_imagefolder(cfg(path=str(path), cache=False))
+        with pytest.warns(UserWarning, match="skipped 1 unreadable image"):
+            assert imagefolder.load_imagefolder(cfg(path=str(path), cache=False, on_bad_image="skip")).n_train == 9
+
+
+def test_empty_and_unidentified_files_say_what_they_are(tmp_path):
+    root = make_folder(tmp_path / "src", n=3)
+    (root / "cat" / "empty.png").write_bytes(b"")
+    with pytest.raises(UserError, match=r"'cat/empty.png'.*the file is empty"):
+        imagefolder.load_imagefolder(cfg(path=str(root), cache=False))
+    (root / "cat" / "empty.png").write_bytes(b"<html>not an image</html>")
+    with pytest.raises(UserError, match=r"'cat/empty.png'.*not an image file of a known format.*<html>"):
+        imagefolder.load_imagefolder(cfg(path=str(root), cache=False))
+
+
+def test_decoded_images_past_the_memory_available_are_refused_as_they_arrive(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "src", n=10, size=(40, 40))  # 30 images of 4.8 kB decoded
+    monkeypatch.setattr(imagefolder, "DECODE_CHUNK_IMAGES", 4)
+    monkeypatch.setenv("CNNLAB_MEMORY_LIMIT", "50000")
+    with pytest.raises(UserError, match=r"the decoded images of folder .*decoded so far.*50.0 kB available.*image_size"):
+        imagefolder.load_imagefolder(cfg(path=str(root), cache=False))
+    monkeypatch.setenv("CNNLAB_MEMORY_LIMIT", "200000")  # enough for all of them: loads (with a warning)
+    with pytest.warns(UserWarning, match="decoded images"):
+        assert imagefolder.load_imagefolder(cfg(path=str(root), cache=False)).n_train == 30
+
+
+def test_an_rgb_test_image_in_a_gray_set_is_made_gray(tmp_path):
+    make_folder(tmp_path / "s" / "train", classes=("a", "b"), n=3, mode="L")
+    make_folder(tmp_path / "s" / "test", classes=("a", "b"), n=1, mode="RGB", size=(10, 10))
+    with pytest.warns(UserWarning, match="test images in .* are not all 12x12"):
+        raw = imagefolder.load_imagefolder(cfg(path=str(tmp_path / "s"), cache=False))
+    assert raw.train_x.shape == (6, 12, 12, 1) and raw.test_x.shape == (2, 12, 12, 1)
+
+
+# ------------------------------------------------------------------------------ predict input
+def test_read_image_files(tmp_path):
+    a = tmp_path / "a.png"
+    write_image(a, size=(10, 6))
+    b = tmp_path / "b.jpg"
+    write_image(b, mode="L", fmt="JPEG")
+    x = read_image_files([str(a), str(b)], channels=3, size=(8, 8))
+    assert x.shape == (2, 3, 8, 8) and x.dtype == torch.uint8
+    assert read_image_files([str(a)], channels=1, size=(6, 10)).shape == (1, 1, 6, 10)
+    with pytest.raises(UserError, match=r"image file '.*missing\.png' does not exist"):
+        read_image_files([str(a), str(tmp_path / "missing.png")], 3, (8, 8))
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    with pytest.raises(UserError, match=r"cannot read image file '.*bad\.png'"):
+        read_image_files([str(tmp_path / "bad.png")], 3, (8, 8))
+
+
