@@ -13,8 +13,11 @@ import pytest
 pytest.importorskip("websocket", reason="websocket-client (a dev extra) is not installed")
 
 from .browser import Browser, BrowserUnavailable  # noqa: E402
+from .test_run import EVIL, SWEEP, SWEEP_EXP, build_cnn, build_evil  # noqa: E402
 
+import cnnlab  # noqa: E402
 from cnnlab.report.compare import write_compare  # noqa: E402
+from cnnlab.sweep import sweep  # noqa: E402
 from cnnlab.report import write_report, write_sweep_report  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a headless browser
@@ -41,11 +44,6 @@ def artifacts(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory) -> dict[str, Path]:
-    from test_report import SWEEP, SWEEP_EXP, build_cnn, build_evil
-
-    import cnnlab
-    from cnnlab.sweep import sweep
-
     root = tmp_path_factory.mktemp("browser_runs")
     cnn = build_cnn(root)
     evil = build_evil(root)
@@ -74,8 +72,6 @@ def test_page_loads_offline_with_every_image(browser, pages, artifacts, name):
 
 
 def test_html_class_names_show_as_text(browser, pages):
-    from test_report import EVIL
-
     check = browser.open(pages["report_escaped"], screenshot=False)
     for name in EVIL:
         assert name in check.text  # shown literally ...
