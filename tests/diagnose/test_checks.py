@@ -251,3 +251,133 @@ def test_cli_diagnose_json_and_bad_dir(tmp_path, capsys):
     assert main(["diagnose", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "not a cnnlab run directory" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------- the whole history, not the restored checkpoint
+def _mlp_that_memorises(n: int = 20):
+    """Issue 17's wide MLP on 1,000 CIFAR-10 images: train accuracy to 100 %, val 25-30 %, val loss
+    2.1 -> 6.4, the run restoring its epoch-1 checkpoint (eval-mode train accuracy 37.3 %)."""
+    ta = [min(1.0, 0.30 + 0.07 * e) for e in range(n)]
+    va = [0.25 + 0.05 * (e % 2) for e in range(n)]
+    vl = [2.1 + (6.4 - 2.1) * e / (n - 1) for e in range(n)]
+    tl = [max(0.01, 2.0 - 0.1 * e) for e in range(n)]
+    metrics = {"train": split_metrics([0.373] * 10, [0.7] * 10, [80] * 10, acc=0.373),
+               "val": split_metrics([0.3] * 10, [0.6] * 10, [10] * 10, acc=0.3),
+               "test": split_metrics([0.28] * 10, [0.6] * 10, [20] * 10, acc=0.28)}
+    # a probe of 25 images with half of head.act0 silent on them
+    stats = [{"epoch": n, "grad_norm": 1.0, "probe_size": 25, "layers": [],
+              "activations": [{"name": "head.act0", "type": "ReLU", "dead": 0.54, "mean": 0.1, "std": 0.2}]}]
+    return hist(tl, vl, ta, va), metrics, stats
+
+
+def test_overfitting_is_a_warning_even_when_the_best_checkpoint_was_restored(tmp_path):
+    history, metrics, stats = _mlp_that_memorises()
+    cfg = f"[train]\nepochs = {len(history)}\n[train.early_stopping]\nrestore_best = true\nmonitor = \"val_loss\"\n"
+    f = diagnose(write_run(tmp_path / "r", history, metrics, stats, config=cfg))
+    o = by_id(f, "overfitting")
+    assert o.severity == "warning" and o.data["restored_epoch"] == 1 and "epoch-1 checkpoint" in o.evidence
+    assert o.data["largest_gap"] >= 0.7 and "not more capacity" in o.evidence
+    # the model fit its training data (100 % at some epoch): not underfitting, whatever was restored
+    assert "underfitting" not in ids(f)
+    # half of a layer silent on 25 images is not shown to be dead: info, with the caveat
+    dr = by_id(f, "dead_relu")
+    assert dr.severity == "info" and "only 25 probe images" in dr.evidence
+    assert ids(f, ("warning", "error")) == {"overfitting"}
+
+
+def test_a_large_train_val_gap_alone_is_overfitting(tmp_path):
+    # val loss flat (no 10 % rise), but 99 % train against 60 % val from epoch 4 on
+    ta = [0.6, 0.8, 0.95, 0.99, 0.99, 0.99]
+    va = [0.5, 0.58, 0.6, 0.6, 0.61, 0.6]
+    d = write_run(tmp_path / "r", hist([1.5, 0.8, 0.3, 0.1, 0.05, 0.04], [1.2, 1.1, 1.1, 1.12, 1.1, 1.1], ta, va),
+                  config="[train.early_stopping]\nrestore_best = false\n")
+    o = by_id(diagnose(d), "overfitting")
+    assert o.severity == "warning" and o.data["began_after_epoch"] == 3 and o.data["largest_gap"] == pytest.approx(0.39)
+    assert o.data["restored_epoch"] is None and "restored" not in o.evidence
+
+
+def test_a_run_cut_short_while_still_learning_says_so(tmp_path):
+    # 8 of 120 epochs, +1.0 % per epoch: "still learning", not "flat"
+    ta = [0.30 + 0.01 * e for e in range(8)]
+    status = {"status": "completed", "stop_reason": "early_stopping",
+              "stop_message": "early stopping: val_loss has not improved for 3 epochs"}
+    d = write_run(tmp_path / "r", hist([2.0 - 0.02 * e for e in range(8)], [2.0] * 8, ta, [0.3] * 8),
+                  {"test": split_metrics([0.3] * 10, [0.6] * 10, [20] * 10)},
+                  config="[train]\nepochs = 120\n", status=status)
+    u = by_id(diagnose(d), "underfitting")
+    assert u.data["improving"] and u.data["slope_per_epoch"] == pytest.approx(0.01)
+    assert "stopped at epoch 8 of 120" in u.title and "early stopping" in u.evidence
+    assert "+1.0% per epoch" in u.evidence and "flat" not in u.evidence
+    assert any("resume" in r for r in u.remedies)
+
+
+def test_a_flat_run_that_never_fit_is_underfitting_with_capacity_remedies(tmp_path):
+    ta = [0.30, 0.31, 0.30, 0.31, 0.30, 0.31]
+    d = write_run(tmp_path / "r", hist([2.0] * 6, [2.0] * 6, ta, [0.3] * 6),
+                  {"test": split_metrics([0.3] * 10, [0.6] * 10, [20] * 10)}, config="[train]\nepochs = 6\n")
+    u = by_id(diagnose(d), "underfitting")
+    assert not u.data["improving"] and not u.data["cut_short"] and "flat" in u.evidence
+    assert any("bigger model" in r for r in u.remedies)
+
+
+def test_still_improving_at_the_end_says_train_longer(tmp_path):
+    va = [0.50, 0.60, 0.68, 0.74, 0.79, 0.83, 0.86]  # +3 points per epoch at the end
+    d = write_run(tmp_path / "r", hist([1.0 - 0.1 * e for e in range(7)], [1.0 - 0.1 * e for e in range(7)],
+                                       [v + 0.05 for v in va], va), config="[train]\nepochs = 7\n")
+    si = by_id(diagnose(d), "still_improving")
+    assert si.severity == "warning" and "train longer" in si.title and si.data["best_epoch"] == 7
+    gentle = [0.90 + 0.006 * e for e in range(7)]  # +0.6 point per epoch: info
+    d2 = write_run(tmp_path / "g", hist([0.3] * 7, [0.3] * 7, [0.95] * 7, gentle), config="[train]\nepochs = 7\n")
+    assert by_id(diagnose(d2), "still_improving").severity == "info"
+    done = [0.90, 0.93, 0.94, 0.94, 0.941, 0.94, 0.94]  # converged: nothing
+    d3 = write_run(tmp_path / "c", hist([0.3] * 7, [0.3] * 7, [0.95] * 7, done), config="[train]\nepochs = 7\n")
+    assert "still_improving" not in ids(diagnose(d3))
+
+
+def test_a_transfer_run_far_below_its_source_is_not_converged(tmp_path):
+    src = write_run(tmp_path / "src", hist([1.0, 0.8]),
+                    {"train": split_metrics([0.6] * 10, [0.9] * 10, [50] * 10, acc=0.6),
+                     "test": split_metrics([0.54] * 10, [0.9] * 10, [20] * 10, acc=0.54)})
+    ta = [0.15, 0.18, 0.20, 0.22, 0.24]  # frozen backbone, lr 1e-4: crawling
+    cfg = f'[train]\nlr = 1e-4\nepochs = 5\n[transfer]\ninit_from = "{src}"\nfreeze = "features"\n'
+    d = write_run(tmp_path / "t", hist([2.2, 2.15, 2.1, 2.05, 2.0], [2.2] * 5, ta, [0.2] * 5),
+                  {"test": split_metrics([0.26] * 10, [0.6] * 10, [40] * 10, acc=0.26)}, config=cfg)
+    t = by_id(diagnose(d), "transfer_not_converged")
+    assert t.severity == "warning" and "raise transfer.head_lr / train.lr or train longer" in t.title
+    assert t.data["source_accuracy"] == pytest.approx(0.6) and "train.lr = 0.0001" in t.evidence
+    # the same history without a transfer source: no such finding
+    plain = write_run(tmp_path / "p", hist([2.2, 2.15, 2.1, 2.05, 2.0], [2.2] * 5, ta, [0.2] * 5),
+                      {"test": split_metrics([0.26] * 10, [0.6] * 10, [40] * 10, acc=0.26)})
+    assert "transfer_not_converged" not in ids(diagnose(plain))
+
+
+@pytest.mark.parametrize("family", ["mlp", "resnet18"])
+def test_healthy_runs_of_each_model_family_get_no_warning(tmp_path, family):
+    """The quickstart (cnn) is checked above; an MLP and a ResNet-18 trained sensibly on digits."""
+    model = {"mlp": {"name": "mlp", "hidden_size": 128}, "resnet18": {"name": "resnet18"}}[family]
+    epochs = {"mlp": 15, "resnet18": 4}[family]
+    cfg = _merge({k: v for k, v in MLP.items() if k != "model"}, {"name": family, "model": model, "train": {
+        "epochs": epochs, "lr": 2e-3, "scheduler": "cosine"}})
+    d = cnnlab.run(cfg, runs_dir=tmp_path, quiet=True).dir
+    f = diagnose(d)
+    assert not ids(f, ("error", "warning")), [(x.id, x.evidence) for x in f]
+
+
+def test_every_threshold_is_in_the_docs_table_with_its_value():
+    """docs/diagnostics.md's threshold table and the named constants of the checks agree."""
+    from cnnlab.diagnose import checks
+    from cnnlab.train import stats
+
+    text = (REPO / "docs" / "diagnostics.md").read_text().split("## Thresholds", 1)[1].split("\n## ", 1)[0]
+    table = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`"):
+            table[cells[0].split("`")[1]] = (float(cells[1]), cells[2])
+    code = {n: v for n, v in vars(checks).items()
+            if n.isupper() and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    code["SATURATION_MARGIN"] = stats.SATURATION_MARGIN
+    assert set(code) == set(table), (set(code) ^ set(table))
+    for name, value in code.items():
+        assert table[name][0] == pytest.approx(value), name
+        assert table[name][1], f"{name} has no unit"
