@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import multiprocessing as mp
+import os
+import signal
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -13,7 +18,7 @@ from PIL import Image
 import cnnlab.data as data
 from cnnlab.config import DataConfig
 from cnnlab.data import DataSplits, RawData, imagefolder, load_data, read_image_files, sources
-from cnnlab.errors import UserError
+from cnnlab.errors import RunFailure, UserError
 
 from .writers import (make_folder, make_split_folder, tar_dir,
                       write_image, zip_dir)
@@ -259,6 +264,7 @@ def test_decoded_images_past_the_memory_available_are_refused_as_they_arrive(tmp
     monkeypatch.setenv("CNNLAB_MEMORY_LIMIT", "50000")
     with pytest.raises(UserError, match=r"the decoded images of folder .*decoded so far.*50.0 kB available.*image_size"):
         imagefolder.load_imagefolder(cfg(path=str(root), cache=False))
+    assert not mp.active_children()  # the pool stopped with the refusal
     monkeypatch.setenv("CNNLAB_MEMORY_LIMIT", "200000")  # enough for all of them: loads (with a warning)
     with pytest.warns(UserWarning, match="decoded images"):
         assert imagefolder.load_imagefolder(cfg(path=str(root), cache=False)).n_train == 30
@@ -270,6 +276,120 @@ def test_an_rgb_test_image_in_a_gray_set_is_made_gray(tmp_path):
     with pytest.warns(UserWarning, match="test images in .* are not all 12x12"):
         raw = imagefolder.load_imagefolder(cfg(path=str(tmp_path / "s"), cache=False))
     assert raw.train_x.shape == (6, 12, 12, 1) and raw.test_x.shape == (2, 12, 12, 1)
+
+
+def test_a_killed_decode_process_fails_the_load_instead_of_hanging(tmp_path, monkeypatch):
+    if imagefolder._workers() < 2:
+        pytest.skip("one core: images are decoded in this process, there is no pool to break")
+    root = make_folder(tmp_path / "src", n=10)
+    real = imagefolder._decode_chunk
+
+    def dies_on_dog(items, *a):  # the OOM killer, on one of the pool's processes
+        if any(name.startswith("dog/") for name, _, _ in items) and mp.current_process().name != "MainProcess":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(items, *a)
+
+    monkeypatch.setattr(imagefolder, "_decode_chunk", dies_on_dog)
+    monkeypatch.setattr(imagefolder, "DECODE_CHUNK_IMAGES", 4)
+    with pytest.raises(RunFailure, match="a process decoding the images of folder .* died"):
+        imagefolder.load_imagefolder(cfg(path=str(root), cache=False))
+    assert not mp.active_children()
+
+
+def test_a_chunk_decodes_no_more_than_its_share_of_memory():
+    items = [(f"c/{i}.png", _png((20, 20), i), None) for i in range(6)]  # 20x20: 1,600 bytes each at 4 B/pixel
+    done, rest = imagefolder._decode_chunk(items, None, budget=3500)
+    assert [n for n, _, _ in done] == ["c/0.png", "c/1.png"] and rest == items[2:]
+    done, rest = imagefolder._decode_chunk(items[:1], None, budget=10)  # always at least one
+    assert len(done) == 1 and done[0][1] is not None and rest == []
+    done, _ = imagefolder._decode_chunk(items[:1], None, limit=1000)  # one image larger than the machine
+    assert done[0][1] is None and "would need about 1.6 kB" in done[0][2]
+
+
+def test_pooled_decoding_under_a_tight_budget_keeps_the_order(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "src", n=10)
+    inline = imagefolder.load_imagefolder(cfg(path=str(root), cache=False))
+    monkeypatch.setattr(imagefolder, "DECODE_CHUNK_IMAGES", 10)
+    monkeypatch.setenv("CNNLAB_MEMORY_LIMIT", "20000")  # 30 images of 432 B; a chunk's share: 8 of its 10
+    with pytest.warns(UserWarning):
+        pooled = imagefolder.load_imagefolder(cfg(path=str(root), cache=False))
+    assert np.array_equal(inline.train_x, pooled.train_x) and np.array_equal(inline.train_y, pooled.train_y)
+
+
+def test_a_tar_header_that_would_fill_the_memory_is_refused(tmp_path):
+    archive = tmp_path / "bomb.tar.gz"
+    with tarfile.open(archive, "w:gz", format=tarfile.GNU_FORMAT) as tf:
+        info = tarfile.TarInfo("a/" + "x" * 2_000_000 + ".png")  # a 2 MB GNU long-name header
+        tf.addfile(info, io.BytesIO(b""))
+    with pytest.raises(UserError, match=r"cannot read archive .*extended header of 2,000,00\d bytes"):
+        imagefolder.load_imagefolder(cfg(path=str(archive), cache=False))
+
+
+def test_a_malformed_pax_sparse_map_is_an_unreadable_archive(tmp_path):
+    archive = tmp_path / "a.tar"
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo("a/x.png")
+        info.pax_headers = {"GNU.sparse.map": "x,y"}
+        tf.addfile(info, io.BytesIO(b""))
+    with pytest.raises(UserError, match="cannot read archive"):
+        imagefolder.load_imagefolder(cfg(path=str(archive), cache=False))
+
+
+def test_links_inside_a_tar_are_read_from_the_archive(tmp_path):
+    root = make_folder(tmp_path / "src", classes=("a", "b"), n=2)
+    archive = tmp_path / "l.tar"
+    with tarfile.open(archive, "w") as tf:
+        tf.add(root, arcname=".")
+        for kind, name in ((tarfile.SYMTYPE, "./b/sym.png"), (tarfile.LNKTYPE, "./b/hard.png")):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, ("../a/000.png" if kind == tarfile.SYMTYPE else "./a/000.png")
+            tf.addfile(info)
+    raw = imagefolder.load_imagefolder(cfg(path=str(archive), cache=False))
+    assert raw.n_train == 6 and np.bincount(raw.train_y).tolist() == [2, 4]
+    a0 = raw.train_x[0]  # a/000.png, and both links to it under b/
+    assert sum(np.array_equal(x, a0) for x in raw.train_x) == 3
+
+
+def test_a_folder_that_cannot_be_listed_is_refused(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "src", n=2)
+    real = os.scandir
+
+    def no_permission(path="."):
+        if str(path).endswith("emu"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", no_permission)
+    with pytest.raises(UserError, match=r"cannot list folder .*emu.*Permission denied"):
+        imagefolder.load_imagefolder(cfg(path=str(root), cache=False))
+
+
+def test_linked_class_folders_are_read_and_loops_are_not(tmp_path):
+    root = make_folder(tmp_path / "src", classes=("a", "b"), n=2)
+    make_folder(tmp_path / "elsewhere", classes=("c",), n=3)
+    (root / "c").symlink_to(tmp_path / "elsewhere" / "c")
+    (root / "a" / "loop").symlink_to(root)  # a link to an ancestor: walking it would never end
+    raw = imagefolder.load_imagefolder(cfg(path=str(root), cache=False))
+    assert raw.class_names == ["a", "b", "c"] and np.bincount(raw.train_y).tolist() == [2, 2, 3]
+
+
+def test_16_bit_images_are_scaled_not_clipped(tmp_path):
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)  # 0 .. 63,000 of 65,535
+    for c in ("a", "b"):
+        for i in range(2):
+            (tmp_path / "s" / c).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(ramp).save(tmp_path / "s" / c / f"{i}.png")
+    raw = imagefolder.load_imagefolder(cfg(path=str(tmp_path / "s"), cache=False))
+    assert raw.train_x.shape == (4, 8, 8, 1)
+    assert np.abs(raw.train_x[0, ..., 0].astype(int) - np.rint(ramp / 257.0)).max() <= 1
+    x = read_image_files([str(tmp_path / "s" / "a" / "0.png")], 1, (8, 8))
+    assert int(x.max()) == round(63000 / 257) and int(x.min()) == 0
+
+
+def _png(size, seed) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 # ------------------------------------------------------------------------------ predict input

@@ -3,9 +3,11 @@ from image folders, and the real copies in ../shared/data when present."""
 
 from __future__ import annotations
 
+import copyreg
 import gzip
 import os
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -160,11 +162,73 @@ def test_an_idx_file_is_read_no_further_than_its_header_says(tmp_path):
 
 def test_an_idx_header_announcing_more_than_the_machine_has_is_refused(tmp_path, monkeypatch):
     raw_dir = make_mnist(tmp_path, gz_test=False)
-    header = bytes([0, 0, 8, 3]) + np.asarray([10**6, 1000, 1000], dtype=">i4").tobytes()
-    (raw_dir / "t10k-images-idx3-ubyte").write_bytes(header + bytes(100))
-    monkeypatch.setenv("CNNLAB_MEMORY_LIMIT", str(10**9))
-    with pytest.raises(UserError, match=r"1000000 x 1000 x 1000 bytes announced.*would need about 1.0 TB"):
+    f = raw_dir / "t10k-images-idx3-ubyte"
+    for dims, words in (((10**6, 1000, 1000), r"1,000,000 x 1,000 x 1,000 = 1.0 TB of data"),
+                        ((2**30, 2**30, 16), r"= 18446744.1 TB"),  # wraps to 0 in int64 arithmetic
+                        ((1543678985, 257413870, 326844977), r"more than any file")):  # wraps negative
+        f.write_bytes(bytes([0, 0, 8, 3]) + np.asarray(dims, dtype=">i4").tobytes() + bytes(100))
+        with pytest.raises(UserError, match=words):
+            load_data(cfg(dataset="mnist", root=str(tmp_path)), 0)
+    f.write_bytes(bytes([0, 0, 8, 3]) + np.asarray([1000, 100, 100], dtype=">i4").tobytes() + bytes(100))
+    monkeypatch.setenv("CNNLAB_MEMORY_LIMIT", str(10**6))  # 10 MB announced on a 1 MB machine
+    with pytest.raises(UserError, match=r"1000 x 100 x 100 bytes announced.*would need about 10.0 MB"):
         load_data(cfg(dataset="mnist", root=str(tmp_path)), 0)
+
+
+def _pickle_file(tmp_path, data: bytes) -> Path:
+    (tmp_path / "f").write_bytes(data)
+    return tmp_path / "f"
+
+
+def test_a_huge_memo_index_costs_nothing(tmp_path):
+    # LONG_BINPUT 2**31: the C unpickler sizes its memo array by the index (tens of GB)
+    p = _pickle_file(tmp_path, b"\x80\x02Nr" + struct.pack("<I", 2**31) + b".")
+    assert sources.read_cifar_pickle(p) is None
+
+
+def test_shared_references_that_unfold_without_end_are_refused(tmp_path):
+    inner = list(range(1000))
+    p = _pickle_file(tmp_path, pickle.dumps([[inner] * 1000] * 100, 2))  # 5 kB naming 10^8 items
+    with pytest.raises(UserError, match="unfolds to more than"):
+        sources.read_cifar_pickle(p)
+
+
+def test_extension_codes_are_refused_even_when_cached(tmp_path):
+    copyreg.add_extension("os", "getcwd", 0xF1)
+    try:
+        pickle.loads(b"\x80\x02\x82\xf1.")  # the C unpickler now serves code 0xF1 from its cache
+        p = _pickle_file(tmp_path, b"\x80\x02\x82\xf1)R.")  # os.getcwd()
+        with pytest.raises(UserError, match="extension registry"):
+            sources.read_cifar_pickle(p)
+    finally:
+        copyreg.remove_extension("os", "getcwd", 0xF1)
+
+
+def test_build_cannot_change_the_allowed_functions(tmp_path):
+    p = _pickle_file(tmp_path, b"\x80\x02cnumpy.core.multiarray\n_reconstruct\nN}X\x0c\x00\x00\x00__defaults__"
+                               b"K\x01K\x02K\x03\x87s\x86b0N.")
+    with pytest.raises(UserError, match="set the state of something other than an array"):
+        sources.read_cifar_pickle(p)
+    assert sources._reconstruct.__defaults__ is None
+
+
+@pytest.mark.parametrize("labels", [np.int64(1), [2**70], np.zeros((1, 1), dtype=np.int64), [True]])
+def test_labels_that_are_not_a_list_of_small_integers_are_refused(tmp_path, labels):
+    dump(tmp_path / "b", {b"data": cifar_pixels(1, 0), b"labels": labels}, protocol=2)
+    with pytest.raises(UserError, match="not a list of integers"):
+        sources._cifar_batch(tmp_path / "b", b"labels", 10)
+
+
+def test_odd_keys_do_not_crash(tmp_path):
+    dump(tmp_path / "b", {"\ud800": 0, b"data": cifar_pixels(2, 0), b"labels": [0, 1]}, protocol=2)
+    x, y = sources._cifar_batch(tmp_path / "b", b"labels", 10)
+    assert x.shape == (2, 32, 32, 3) and y.tolist() == [0, 1]
+
+
+def test_the_one_byte_string_type_is_not_numeric(tmp_path):
+    dump(tmp_path / "f", {b"x": np.array([b"a", b"b"], dtype="S1")}, protocol=2)
+    with pytest.raises(UserError, match="only numeric arrays"):
+        sources.read_cifar_pickle(tmp_path / "f")
 
 
 # ------------------------------------------------------------------------------ real copies

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import printable
+from ._files import walk_files
 from ._registry import RawData
 
 CACHE_FORMAT_VERSION = 1
@@ -36,17 +37,13 @@ def source_stamp(path: Path) -> Any:
         st = path.stat()
         return [st.st_size, st.st_mtime_ns]
     h = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(path):
-        dirnames.sort()
-        for fn in sorted(filenames):
-            p = Path(dirpath) / fn
-            try:
-                st = p.stat()
-            except OSError:  # a dangling link: its name still counts
-                h.update(f"{p.relative_to(path).as_posix()}\0missing\n".encode("utf-8", "surrogateescape"))
-                continue
-            h.update(f"{p.relative_to(path).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n"
-                     .encode("utf-8", "surrogateescape"))
+    for rel, p in walk_files(path):
+        try:
+            st = p.stat()
+        except OSError:  # a dangling link: its name still counts
+            h.update(f"{rel}\0missing\n".encode("utf-8", "surrogateescape"))
+            continue
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 

@@ -23,6 +23,8 @@ import warnings
 import zipfile
 import zlib
 from collections import Counter, deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from itertools import chain
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -31,11 +33,12 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
-from ..errors import UserError, printable, shown
+from ..errors import RunFailure, UserError, printable, shown
 from ..lifecycle import helper_process_signals
 from ..limits import available_memory, check_fits, fmt_bytes
 from ..rundir import path_problem
 from ._registry import DATASETS, RawData, short_list
+from ._files import walk_files
 from .cache import cached, source_stamp
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -132,34 +135,22 @@ class _SourceReader:
                 yield from self._zip()
             else:
                 yield from self._tar()
-        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error, lzma.LZMAError, ValueError) as e:
+            # ValueError: tarfile's parse of a malformed pax record (a GNU sparse map of non-numbers)
             raise UserError(f"cannot read archive {printable(self.path)}: {_archive_problem(self.path, e)}. "
                             "Check that the file is complete.") from None
 
     def _directory(self) -> Iterator[Item]:
-        for dirpath, dirnames, filenames in os.walk(self.path):
-            dirnames.sort()
-            rel = Path(dirpath).relative_to(self.path).as_posix()
-            for fn in sorted(filenames):
-                name = fn if rel == "." else f"{rel}/{fn}"
-                if not _is_image_name(name):
-                    continue
-                p = Path(dirpath) / fn
-                problem = path_problem(p)
-                if problem is None:
-                    size = p.stat().st_size
-                    if size > IMAGE_FILE_MAX_BYTES:
-                        yield name, None, f"it is {size:,} bytes, more than an image file may be ({fmt_bytes(IMAGE_FILE_MAX_BYTES)})"
-                        continue
-                    try:
-                        with open(p, "rb") as f:
-                            yield name, f.read(IMAGE_FILE_MAX_BYTES + 1), None
-                    except OSError as e:
-                        yield name, None, f"it cannot be read ({e.strerror or e})"
-                elif problem.startswith("is not a regular file"):
-                    self.special.append(name)  # never opened: a FIFO's read blocks until someone writes
-                else:
-                    yield name, None, f"it {problem}"
+        for name, p in walk_files(self.path):
+            if not _is_image_name(name):
+                continue
+            problem = path_problem(p)
+            if problem is None:
+                yield name, *_read_capped(p)
+            elif problem.startswith("is not a regular file"):
+                self.special.append(name)  # never opened: a FIFO's read blocks until someone writes
+            else:
+                yield name, None, f"it {problem}"
 
     def _zip(self) -> Iterator[Item]:
         with zipfile.ZipFile(self.path) as zf:
@@ -182,21 +173,56 @@ class _SourceReader:
                         yield name, None, f"its compressed data is damaged ({type(e).__name__}: {e})"
 
     def _tar(self) -> Iterator[Item]:
-        with tarfile.open(self.path, "r:*") as tf:
+        with tarfile.open(self.path, "r:*", tarinfo=_BoundedTarInfo) as tf:
             for m in tf:  # streamed: a .tar.gz is read once, front to back
                 name = _member_name(m.name, self.where)
                 if m.isdir() or not name or not _is_image_name(name):
                     continue
-                if m.issym() or m.islnk():
-                    yield name, None, "it is a link inside the archive, not an image file"
-                elif not m.isfile():
+                if not (m.isfile() or m.issym() or m.islnk()):
                     self.special.append(name)
                 elif m.issparse() or m.size > IMAGE_FILE_MAX_BYTES:
                     yield name, None, f"it is a {'sparse' if m.issparse() else 'huge'} member ({m.size:,} bytes)"
                 else:
-                    f = tf.extractfile(m)
-                    if f is not None:
-                        yield name, f.read(), None
+                    try:  # a link is read from the member it names inside this archive, never from disk
+                        f = tf.extractfile(m)
+                    except KeyError:
+                        yield name, None, f"it is a link to {shown(m.linkname)}, which the archive does not hold"
+                        continue
+                    data = f.read(IMAGE_FILE_MAX_BYTES + 1) if f is not None else b""
+                    if len(data) > IMAGE_FILE_MAX_BYTES:
+                        yield name, None, f"it is larger than an image file may be ({fmt_bytes(IMAGE_FILE_MAX_BYTES)})"
+                    else:
+                        yield name, data, None
+
+
+# A tar's extended headers (GNU long names and links, pax records) are read whole by tarfile before
+# any member; past this a header is not a path name but an attempt to fill the memory.
+TAR_HEADER_MAX_BYTES = 1 << 20
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile's member header, refusing extended headers past TAR_HEADER_MAX_BYTES before they
+    are read (``_proc_member`` is tarfile's documented hook for subclasses)."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        extended = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                    tarfile.SOLARIS_XHDTYPE)
+        if self.type in extended and self.size > TAR_HEADER_MAX_BYTES:
+            raise tarfile.TarError(f"a member has an extended header of {self.size:,} bytes (at most "
+                                   f"{TAR_HEADER_MAX_BYTES:,} make sense)")
+        return super()._proc_member(tarfile_)
+
+
+def _read_capped(p: Path) -> tuple[bytes | None, str | None]:
+    """A regular file's bytes, or why not: larger than IMAGE_FILE_MAX_BYTES, or unreadable."""
+    try:
+        size = p.stat().st_size
+        if size > IMAGE_FILE_MAX_BYTES:
+            return None, f"it is {size:,} bytes, more than an image file may be ({fmt_bytes(IMAGE_FILE_MAX_BYTES)})"
+        with open(p, "rb") as f:
+            return f.read(IMAGE_FILE_MAX_BYTES + 1), None
+    except OSError as e:
+        return None, f"it cannot be read ({e.strerror or e})"
 
 
 def _archive_problem(path: Path, e: BaseException) -> str:
@@ -227,8 +253,37 @@ def _chunks(items: Iterable[Item]) -> Iterator[list[Item]]:
         yield chunk
 
 
-def _decode_chunk(items: list[Item], size: int | None) -> list[Decoded]:
-    """Decode items with PIL: (name, array, None) or (name, None, error message).
+# PIL modes of more than 8 bits per sample, and the largest value of each (the type's range, scaled
+# to 0..255): 16-bit PNGs open as "I;16*" or "I", float TIFFs as "F" (taken as 0..1 when they stay
+# inside it, else as 0..255). PIL's own convert("L") clips them instead, which turns a 16-bit image
+# almost white.
+WIDE_MODES = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+GRAY_MODES = ("L", "1", "LA", *WIDE_MODES)
+
+
+def to_uint8(im: Any, channels: int | None = None) -> np.ndarray:
+    """A PIL image as uint8: (H, W) when ``channels`` is 1 or (None and the image is gray), else
+    (H, W, 3). Wide gray modes are scaled by their range (WIDE_MODES), not clipped."""
+    gray = im.mode in GRAY_MODES if channels is None else channels == 1
+    if im.mode in WIDE_MODES:
+        a = np.asarray(im, dtype=np.float64)
+        top = WIDE_MODES[im.mode]
+        if im.mode == "I" and a.size and a.max() > 65535:  # a true 32-bit image: its own range
+            top = float(a.max())
+        if im.mode == "F" and a.size and (a.min() < 0 or a.max() > 1):
+            top = 255.0
+        a = np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8)
+        return a if gray else np.repeat(a[..., None], 3, axis=2)
+    out = im.convert("L" if gray else "RGB")
+    return np.asarray(out, dtype=np.uint8)
+
+
+def _decode_chunk(items: list[Item], size: int | None, budget: int | None = None,
+                  limit: int | None = None) -> tuple[list[Decoded], list[Item]]:
+    """Decode items with PIL: (name, array, None) or (name, None, error message), and the items
+    left undecoded because decoding them would take this chunk past ``budget`` bytes (at least one
+    image is decoded per call, so the caller always makes progress). An image that alone would need
+    more than ``limit`` bytes is not decoded: it is an error item.
 
     Arrays are (H, W) for grayscale images and (H, W, 3) for everything else, resized to
     (size, size) with bilinear filtering when ``size`` is given. Runs in worker processes.
@@ -236,7 +291,8 @@ def _decode_chunk(items: list[Item], size: int | None) -> list[Decoded]:
     from PIL import Image, UnidentifiedImageError  # PIL is only needed where images are decoded
 
     out: list[Decoded] = []
-    for name, data, problem in items:
+    used = 0
+    for i, (name, data, problem) in enumerate(items):
         if data is None:
             out.append((name, None, problem))
             continue
@@ -244,30 +300,49 @@ def _decode_chunk(items: list[Item], size: int | None) -> list[Decoded]:
             out.append((name, None, "the file is empty"))
             continue
         try:
-            with Image.open(io.BytesIO(data)) as im:
+            with Image.open(io.BytesIO(data)) as im:  # reads the header only: the size is known before decoding
                 if size is not None:
                     im.draft(im.mode if im.mode in ("L", "RGB") else None, (size, size))  # JPEG: decode at reduced scale
-                im = im.convert("L" if im.mode in ("L", "1", "LA", "I;16", "I") else "RGB")
-                if size is not None and im.size != (size, size):
-                    im = im.resize((size, size), Image.Resampling.BILINEAR)
-                out.append((name, np.asarray(im, dtype=np.uint8), None))
+                w, h = im.size
+                need = w * h * 4  # the decoded image, at most 4 bytes per pixel before conversion
+                if limit is not None and need > limit:
+                    out.append((name, None, f"decoding its {w}x{h} pixels would need about {fmt_bytes(need)}, more "
+                                            f"than the {fmt_bytes(limit)} of memory available"))
+                    continue
+                if budget is not None and out and used + need > budget:
+                    return out, items[i:]
+                if im.mode in ("L", "RGB"):  # the common case: resized as decoded, no copy
+                    if size is not None and im.size != (size, size):
+                        im = im.resize((size, size), Image.Resampling.BILINEAR)
+                    arr = np.asarray(im, dtype=np.uint8)
+                else:  # palette, alpha, CMYK, 16-bit, float: converted to 8 bits first, then resized
+                    arr = to_uint8(im)
+                    if size is not None and arr.shape[:2] != (size, size):
+                        arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.BILINEAR))
+                used += arr.nbytes
+                out.append((name, arr, None))
         except UnidentifiedImageError:
             out.append((name, None, f"it is not an image file of a known format ({len(data):,} bytes that "
                                     f"start {data[:8]!r})"))
         except Exception as e:  # PIL raises many kinds of error for damaged files
             out.append((name, None, " ".join(f"{type(e).__name__}: {e}".split())[:300]))
-    return out
+    return out, []
 
 
-def _decode_worker(args: tuple[list[Item], int | None]) -> tuple[list[str], Any, list[str | None]]:
+Work = tuple[list[Item], "int | None", "int | None", "int | None"]
+Result = tuple[list[str], Any, list["str | None"], list[Item]]
+
+
+def _decode_worker(work: Work) -> Result:
     """Pool side of ``_decode_chunk``: names, the arrays stacked into one (n, H, W[, 3]) array when
-    they all have one shape (one pickle instead of a thousand), and the error messages."""
-    res = _decode_chunk(*args)
+    they all have one shape (one pickle instead of a thousand), the error messages, and the items
+    left for another call."""
+    res, rest = _decode_chunk(*work)
     arrays = [a for _, a, _ in res]
     shapes = {a.shape for a in arrays if a is not None}
     if len(shapes) == 1 and all(a is not None for a in arrays):
         arrays = np.stack(arrays)  # type: ignore[assignment]
-    return [n for n, _, _ in res], arrays, [e for _, _, e in res]
+    return [n for n, _, _ in res], arrays, [e for _, _, e in res], rest
 
 
 def _workers() -> int:
@@ -278,10 +353,13 @@ def _workers() -> int:
     return max(1, min(n, 8))
 
 
-def _decoded_in_order(chunks: Iterator[list[Item]], size: int | None) -> Iterator[list[Decoded]]:
+def _decoded_in_order(chunks: Iterator[list[Item]], size: int | None, avail: int | None,
+                      where: str) -> Iterator[list[Decoded]]:
     """Decoded chunks in order: inline for a single chunk, else in a process pool while the main
     process keeps reading (reading and decoding overlap). At most two chunks per process are in
-    flight: Pool.imap would read the whole folder into its queue ahead of the decoders."""
+    flight (Pool.imap would read the whole folder into its queue ahead of the decoders), each
+    decoding at most its share of the memory available; a chunk that reaches its share comes back
+    with the rest of its images, which go next."""
     first = next(chunks, None)
     if first is None:
         return
@@ -290,22 +368,47 @@ def _decoded_in_order(chunks: Iterator[list[Item]], size: int | None) -> Iterato
     # Daemonic processes (e.g. a worker of a sweep pool) may not start children: decode inline.
     if second is None or n_proc < 2 or mp.current_process().daemon:
         for c in chain([first], [second] if second else [], chunks):
-            yield _decode_chunk(c, size)
+            while c:
+                res, c = _decode_chunk(c, size, None if avail is None else avail // 2, avail)
+                yield res
         return
+    window = 2 * n_proc
+    budget = None if avail is None else max(1, avail // (window + 1))
     # fork is cheap and needs no re-import on Linux; other platforms use their default method.
     ctx = mp.get_context("fork") if sys.platform.startswith("linux") else mp.get_context()
-    with ctx.Pool(n_proc, initializer=helper_process_signals) as pool:
-        pending: deque = deque()
+    # concurrent.futures, not multiprocessing.Pool: a worker killed by a signal (the OOM killer)
+    # breaks the pool and its futures raise, where Pool would wait for the lost chunk for ever.
+    pool = ProcessPoolExecutor(n_proc, mp_context=ctx, initializer=helper_process_signals)
+    pending: deque[Future] = deque()
+    completed = False
+    try:
         for c in chain([first, second], chunks):
-            pending.append(pool.apply_async(_decode_worker, ((c, size),)))
-            while len(pending) >= 2 * n_proc:
-                yield _unpack(pending.popleft().get())
+            pending.append(pool.submit(_decode_worker, (c, size, budget, avail)))
+            while len(pending) >= window:
+                yield _take(pool, pending, size, budget, avail)
         while pending:
-            yield _unpack(pending.popleft().get())
+            yield _take(pool, pending, size, budget, avail)
+        completed = True
+    except BrokenProcessPool:
+        raise RunFailure(f"a process decoding the images of {where} died (killed by a signal: the system may have "
+                         "run short of memory); set data.image_size to decode them smaller, or free memory, and "
+                         "run again.") from None
+    finally:
+        if not completed:
+            # An early exit (a refusal, Ctrl-C, a dead worker): stop now instead of decoding the rest of
+            # the window. ProcessPoolExecutor has no terminate(); CPython keeps its processes in
+            # _processes. The pool then counts as broken, and shutdown joins what is left.
+            for proc in list((pool._processes or {}).values()):
+                proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _unpack(result: tuple[list[str], Any, list[str | None]]) -> list[Decoded]:
-    names, arrays, errors = result
+def _take(pool: ProcessPoolExecutor, pending: deque, size: int | None, budget: int | None,
+          avail: int | None) -> list[Decoded]:
+    """The oldest chunk's results; the images it left undecoded are submitted to go next."""
+    names, arrays, errors, rest = pending.popleft().result()
+    if rest:
+        pending.appendleft(pool.submit(_decode_worker, (rest, size, budget, avail)))
     return list(zip(names, arrays, errors))  # rows of a stacked array are views
 
 
@@ -314,7 +417,7 @@ def _decode_all(reader: _SourceReader, size: int | None, where: str) -> list[Dec
     folder refused once they pass the memory available (before it fills the machine)."""
     avail = available_memory()
     held, results = 0, []
-    for chunk in _decoded_in_order(_chunks(reader), size):
+    for chunk in _decoded_in_order(_chunks(reader), size, avail, where):
         results.extend(chunk)
         held += sum(a.nbytes for _, a, _ in chunk if a is not None)
         if avail is not None and held > avail:
@@ -476,10 +579,9 @@ def read_image_files(paths: list[str], channels: int, size: tuple[int, int]) -> 
                             f"({fmt_bytes(IMAGE_FILE_MAX_BYTES)}).")
         try:
             with Image.open(path) as im:
-                im = im.convert("L" if channels == 1 else "RGB")
-                if im.size != (w, h):
-                    im = im.resize((w, h), Image.Resampling.BILINEAR)
-                arr = np.asarray(im, dtype=np.uint8)
+                arr = to_uint8(im, channels)
+            if arr.shape[:2] != (h, w):
+                arr = np.asarray(Image.fromarray(arr).resize((w, h), Image.Resampling.BILINEAR))
         except Exception as e:  # PIL raises many types for bad files
             why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
             raise UserError(

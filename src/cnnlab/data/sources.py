@@ -11,6 +11,7 @@ raw bytes); anything else is refused before it is called.
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
 import re
 import socket
@@ -25,7 +26,7 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import UserError, printable
-from ..limits import check_fits
+from ..limits import check_fits, fmt_bytes
 from ._registry import DATASETS, RawData, short_list
 
 MNIST_CLASSES = [str(i) for i in range(10)]
@@ -105,7 +106,11 @@ def read_idx(path: Path, expect_ndim: int) -> np.ndarray:
                 dims = tuple(int(d) for d in np.frombuffer(dim_bytes, dtype=">i4"))
             if len(dims) != expect_ndim or min(dims) < 0:
                 raise UserError(f"IDX file {shown} is truncated (its header is incomplete or gives negative sizes).")
-            need = int(np.prod(dims, dtype=np.int64))
+            need = math.prod(dims)  # Python ints: a product of int32 dims would wrap around in numpy
+            if need > SOURCE_FILE_MAX_BYTES:
+                raise UserError(f"IDX file {shown} announces {' x '.join(f'{d:,}' for d in dims)} = {fmt_bytes(need)} of "
+                                f"data, more than any file of this data set ({fmt_bytes(SOURCE_FILE_MAX_BYTES)} at most); "
+                                "replace it with the data set's file.")
             check_fits(need, f"IDX file {shown} ({' x '.join(map(str, dims))} bytes announced)",
                        "replace it with the data set's file")
             data = f.read(need + 1)
@@ -230,6 +235,8 @@ class _DtypeStub:
             raise _Refused("it holds an array of Python objects: object arrays are refused (unpickling their "
                            "contents could run code)")
         dt = np.dtype(spec)
+        if dt.kind not in "biufc":  # "c" alone is numpy's one-byte string type, not complex
+            raise _Refused(f"it holds an array of type {dt}; only numeric arrays are allowed")
         return dt.newbyteorder(self.order) if self.order in "<>" else dt
 
 
@@ -297,7 +304,13 @@ for _core in ("numpy.core", "numpy._core"):
 _ALLOWED |= {("numpy", "ndarray"): _NDArrayClass, ("numpy", "dtype"): _DtypeStub}
 
 
-class _CifarUnpickler(pickle.Unpickler):
+class _CifarUnpickler(pickle._Unpickler):
+    """The pure-Python unpickler, restricted. Not the C one: its memo is an array that one PUT of
+    a large index would grow to gigabytes, and both serve EXT opcodes from a cache that
+    ``find_class`` never sees. Fast enough for CIFAR's few opcodes (one large bytes object per file)."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+
     def find_class(self, module: str, name: str) -> Any:
         found = _ALLOWED.get((module, name))
         if found is None:
@@ -307,17 +320,39 @@ class _CifarUnpickler(pickle.Unpickler):
     def persistent_load(self, pid: Any) -> Any:
         raise _Refused("it refers to outside objects (persistent ids)")
 
+    def _refuse_extension(self) -> None:
+        raise _Refused("it names objects through the extension registry (EXT opcodes), which could run code")
 
-def _materialize(obj: Any, depth: int = 0) -> Any:
+    def _build(self) -> None:
+        # BUILD sets an object's state: allowed on the array and type stand-ins only (on anything else,
+        # e.g. one of the allowed functions, it would change that function for the whole process).
+        if len(self.stack) < 2 or not isinstance(self.stack[-2], (_ArrayStub, _DtypeStub)):
+            raise _Refused("it asks to set the state of something other than an array")
+        pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
+
+    dispatch[pickle.BUILD[0]] = _build
+    dispatch[pickle.EXT1[0]] = dispatch[pickle.EXT2[0]] = dispatch[pickle.EXT4[0]] = _refuse_extension
+
+
+# Items of plain data a CIFAR file holds: CIFAR-100's training file has 50,000 labels of each kind and
+# 50,000 file names (about 150,000); a file whose shared references unfold to more is refused.
+MAX_ITEMS = 2_000_000
+
+
+def _materialize(obj: Any, depth: int = 0, count: list[int] | None = None) -> Any:
     """The unpickled structure with stubs turned into arrays; only plain data passes."""
+    count = [0] if count is None else count
+    count[0] += 1
+    if count[0] > MAX_ITEMS:
+        raise _Refused(f"it unfolds to more than {MAX_ITEMS:,} items (shared references)")
     if depth > 16:
         raise _Refused("it is nested deeper than any CIFAR file")
     if isinstance(obj, _ArrayStub):
         return obj.array()
     if isinstance(obj, dict):
-        return {_materialize(k, depth + 1): _materialize(v, depth + 1) for k, v in obj.items()}
+        return {_materialize(k, depth + 1, count): _materialize(v, depth + 1, count) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_materialize(v, depth + 1) for v in obj)
+        return type(obj)(_materialize(v, depth + 1, count) for v in obj)
     if obj is None or isinstance(obj, (bytes, bytearray, str, int, float, bool)):
         return obj
     raise _Refused(f"it holds a {type(obj).__name__}")
@@ -367,7 +402,7 @@ _CIFAR100 = _CifarLayout(
 
 def _as_bytes_keys(d: dict) -> dict:
     # Re-packed copies written by Python 3 may have str keys where the official files have bytes.
-    return {k.encode() if isinstance(k, str) else k: v for k, v in d.items()}
+    return {k.encode("utf-8", "backslashreplace") if isinstance(k, str) else k: v for k, v in d.items()}
 
 
 def _cifar_batch(path: Path, label_key: bytes, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -389,10 +424,11 @@ def _cifar_batch(path: Path, label_key: bytes, n_classes: int) -> tuple[np.ndarr
         what = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else f"a {type(data).__name__}"
         raise UserError(f"{shown}: 'data' is {what}; expected uint8 (N, 3072) (32x32x3 per row).")
     raw_labels = d[label_key]
-    ok = (isinstance(raw_labels, np.ndarray) and raw_labels.dtype.kind in "iu") or (
-        isinstance(raw_labels, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in raw_labels))
+    ok = (isinstance(raw_labels, np.ndarray) and raw_labels.dtype.kind in "iu" and raw_labels.ndim == 1) or (
+        isinstance(raw_labels, list)
+        and all(isinstance(v, int) and not isinstance(v, bool) and -2**31 <= v < 2**31 for v in raw_labels))
     if not ok:
-        raise UserError(f"{shown}: the labels under {label_key.decode()!r} are not a list of integers.")
+        raise UserError(f"{shown}: the labels under {label_key.decode()!r} are not a list of integers of label size.")
     labels = np.asarray(raw_labels, dtype=np.int64) if len(raw_labels) else np.zeros(0, dtype=np.int64)
     if labels.ndim != 1 or len(labels) != len(data):
         raise UserError(f"{shown}: {len(labels)} labels for {len(data)} images.")
