@@ -18,6 +18,7 @@ def test_defaults_and_sections(tmp_path):
     assert cfg.name == "x" and cfg.train.epochs == 3
     assert cfg.data.dataset == "digits" and cfg.train.early_stopping.patience == 0
     assert cfg.checkpoint.every == 0
+    assert cfg.log.every_steps == 0  # per-step logging is off unless asked for
 
 
 def test_scheduler_and_loss_shorthand(tmp_path):
@@ -39,6 +40,7 @@ def test_scheduler_and_loss_shorthand(tmp_path):
     ("[train]\nscheduler = \"nope\"\n", ["nope", "cosine", "plateau"]),
     ("[train]\nloss = \"hinge\"\n", ["hinge", "cross_entropy", "focal"]),
     ('name = "a/b"\n', ["name", "path separators"]),
+    ("[log]\nevery_steps = -1\n", ["log.every_steps", "greater than or equal to 0"]),
 ])
 def test_bad_config_names_file_key_and_allowed(tmp_path, text, needles):
     p = write(tmp_path, text)

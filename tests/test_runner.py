@@ -17,8 +17,8 @@ from sklearn import metrics as skm
 
 import cnnlab
 from cnnlab import rundir as rd
-from cnnlab.train import load_checkpoint
-from cnnlab.lifecycle import read_status
+from cnnlab.train import Callback, epoch_steps, load_checkpoint
+from cnnlab.lifecycle import Interrupted, read_status
 from cnnlab.errors import RunFailure, UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -241,6 +241,32 @@ def test_non_finite_outputs_with_a_finite_loss_are_recorded_as_such(tmp_path):
     assert st["status"] == "failed" and st["error"] == "non_finite_outputs" and "not finite" in st["message"]
     found = {f["id"]: f for f in json.loads((d / "diagnostics.json").read_text())["findings"]}
     assert "outputs are NaN/inf" in found["divergence"]["evidence"]
+
+
+class InterruptInEpoch2(Callback):
+    """Ctrl-C at the 5th step of epoch 2: after the checkpoint of epoch 1, with steps.jsonl already
+    holding lines past it."""
+
+    def on_train_batch_end(self, trainer, step, steps):
+        if trainer.epoch == 1 and step == 4:
+            raise KeyboardInterrupt
+
+
+def test_steps_jsonl_resumes_without_gaps_or_repeats(tmp_path):
+    cfg = dict(SMALL, log={"every_steps": 2})
+    with pytest.raises(Interrupted):
+        cnnlab.run(cfg, runs_dir=tmp_path, quiet=True, extra_callbacks=[InterruptInEpoch2()])
+    run_dir = next((tmp_path / "small").iterdir())
+    per_epoch = epoch_steps(len(np.load(run_dir / rd.SPLITS)["train"]), SMALL["train"]["batch_size"])
+    before = [r["step"] for r in rd.read_jsonl(run_dir / rd.STEPS)]
+    assert before == list(range(2, per_epoch + 6, 2))  # epoch 1, and epoch 2 up to its 5th step
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["callbacks"]["StepWriter"] == {"step": per_epoch}
+    cnnlab.resume(run_dir, quiet=True)
+    rows = rd.read_jsonl(run_dir / rd.STEPS, ("step", "epoch", "loss", "acc"))
+    total = 3 * per_epoch
+    assert [r["step"] for r in rows] == list(range(2, total // 2 * 2 + 1, 2))
+    assert [r["epoch"] for r in rows] == [(r["step"] - 1) // per_epoch + 1 for r in rows]
+    assert all(isinstance(r["loss"], float) and 0.0 <= r["acc"] <= 1.0 for r in rows)
 
 
 def test_run_writes_its_report_at_the_end_unless_switched_off(tmp_path, monkeypatch):

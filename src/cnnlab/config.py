@@ -239,7 +239,9 @@ class ReportConfig(Strict):
 class LogConfig(Strict):
     """``[log]``: loggers users already use, switched on here (src/cnnlab/report/loggers.py). Each logs every
     numeric value of history.jsonl per epoch (step = epoch), the final metrics (``final/test_accuracy``,
-    ...) and the test (else val) confusion matrix; a resumed run continues the same logs."""
+    ...) and the test (else val) confusion matrix; a resumed run continues the same logs.
+    ``every_steps``: per-step training loss and accuracy in steps.jsonl, written by the ``steps``
+    callback (src/cnnlab/train/callbacks.py) whether or not a logger is on."""
 
     tensorboard: bool = Field(False, description="TensorBoard event files under RUN_DIR/tensorboard: scalars, weight histograms, "
                               "the confusion matrix (pip install 'cnnlab[tensorboard]'; view: tensorboard --logdir runs)")
@@ -250,6 +252,9 @@ class LogConfig(Strict):
                                             "sqlite:///RUNS_DIR/mlflow.db with artifacts in RUNS_DIR/mlartifacts (offline; "
                                             "view with the full mlflow package: mlflow ui --backend-store-uri sqlite:///runs/mlflow.db)")
     mlflow_experiment: str | None = Field(None, description="MLflow experiment name; unset = the run's name")
+    every_steps: int = Field(0, ge=0, description="append the training loss and accuracy of every Nth optimizer step's "
+                             "batch to RUN_DIR/steps.jsonl (and, with tensorboard, as step/loss and step/acc at the "
+                             "global step); 0 = off. Each logged step waits for the device once")
 
 
 # --------------------------------------------------------------------------------- distributed

@@ -2,7 +2,7 @@
 
 Layout of a run (``runs/<name>/<timestamp>/``)::
 
-    config.toml  env.json  run.json  .lock  splits.npz  history.jsonl  stats.jsonl
+    config.toml  env.json  run.json  .lock  splits.npz  history.jsonl  stats.jsonl  steps.jsonl
     metrics.json  diagnostics.json  report.html  figures/
     checkpoints/{best,last,epoch-NNNN}.pt  predictions/<split>.npz  evaluations/<stamp>.json
     tensorboard/
@@ -41,6 +41,7 @@ LOCK = ".lock"
 SPLITS = "splits.npz"
 HISTORY = "history.jsonl"
 STATS = "stats.jsonl"
+STEPS = "steps.jsonl"  # [log] every_steps: one line per logged optimizer step
 METRICS = "metrics.json"
 DIAGNOSTICS = "diagnostics.json"
 REPORT = "report.html"

@@ -208,6 +208,9 @@ def _trainer(cfg: ExperimentConfig, data: DataSplits, parts: _Parts, device: tor
         CALLBACKS.get("early_stopping")(monitor, es.mode, es.patience, es.min_delta),
         *([CALLBACKS.get("checkpoint")(run_dir / rd.CHECKPOINTS, monitor, es.mode, cfg.checkpoint.every, es.min_delta),
            CALLBACKS.get("history")(run_dir),
+           # [log] every_steps: steps.jsonl; before the loggers, so a resume has dropped its lines past the
+           # checkpoint when TensorBoard reads it.
+           *([CALLBACKS.get("steps")(run_dir, cfg.log.every_steps)] if cfg.log.every_steps else []),
            CALLBACKS.get("progress")(cfg.train.epochs, enabled=not quiet),
            # [log]: TensorBoard / MLflow; after the checkpoint callback (a resume repairs from its state).
            *build_loggers(cfg, run_dir)] if main else []),

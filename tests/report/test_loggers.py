@@ -74,7 +74,7 @@ def logged_run(tmp_path_factory):
     """A 3-epoch digits run with the installed loggers on ([log]); the runner calls log_final on them
     after on_fit_end (the order in which the logger must reopen what it closed)."""
     runs = tmp_path_factory.mktemp("runs")
-    log = {"tensorboard": HAS_TB, "histograms_every": 2, "mlflow": HAS_MLFLOW}
+    log = {"tensorboard": HAS_TB, "histograms_every": 2, "mlflow": HAS_MLFLOW, "every_steps": 5}
     spy = MLflowStatusAtFitEnd(runs)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CNNLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
@@ -102,6 +102,22 @@ def test_tensorboard_scalars_histograms_and_confusion_matrix(logged_run):
     images = ea.Images("final/test_confusion_matrix")
     assert len(images) == 1 and images[0].encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n"
     assert images[0].width > 100 and images[0].height > 100
+
+
+def step_points(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """steps.jsonl as the TensorBoard scalars step/loss and step/acc should hold them."""
+    rows = rd.read_jsonl(run_dir / rd.STEPS)
+    return {f"step/{k}": [(r["step"], pytest.approx(r[k], rel=1e-6)) for r in rows] for k in ("loss", "acc")}
+
+
+@needs_tb
+def test_tensorboard_per_step_scalars_are_those_of_steps_jsonl(logged_run):
+    run, _, _ = logged_run
+    want = step_points(run.dir)
+    assert [s for s, _ in want["step/loss"]] == list(range(5, 5 * len(want["step/loss"]) + 1, 5))
+    ea = tb_events(run.dir / "tensorboard")
+    for tag, points in want.items():
+        assert scalars(ea, tag) == points, tag
 
 
 @needs_mlflow
@@ -338,7 +354,7 @@ def test_flatten_config_and_final_scalars():
                     reason="the runner does not call build_loggers yet (the lead wires [log] into runner.py)")
 def test_log_section_through_run_and_resume(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    cfg = {**CFG, "log": {"tensorboard": True, "mlflow": True}, "checkpoint": {"every": 1}}
+    cfg = {**CFG, "log": {"tensorboard": True, "mlflow": True, "every_steps": 3}, "checkpoint": {"every": 1}}
     run = cnnlab.run(cfg, runs_dir=tmp_path, quiet=True)
     ea = tb_events(run.dir / "tensorboard")
     assert [s for s, _ in scalars(ea, "val_acc")] == [1, 2, 3] and ea.Images("final/test_confusion_matrix")
@@ -351,6 +367,10 @@ def test_log_section_through_run_and_resume(tmp_path, monkeypatch):
     ea = tb_events(run.dir / "tensorboard")
     assert [(s, pytest.approx(v, rel=1e-6)) for s, v in scalars(ea, "val_acc")] == \
         [(h["epoch"], h["val_acc"]) for h in history]
+    # The per-step points: each step once (the purge at epoch 2 hid those from global step 2 on, and
+    # the lines of epoch 3 were dropped and trained again), in order, equal to steps.jsonl.
+    for tag, points in step_points(run.dir).items():
+        assert scalars(ea, tag) == points, tag
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}")

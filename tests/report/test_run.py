@@ -8,6 +8,7 @@ import base64
 import copy
 import html
 import io
+import json
 import re
 import shutil
 from pathlib import Path
@@ -18,6 +19,7 @@ from PIL import Image
 
 import cnnlab
 from cnnlab import rundir as rd
+from cnnlab.errors import UserError
 from cnnlab.lifecycle import write_status
 from cnnlab.cli import main
 from cnnlab.sweep import sweep
@@ -176,6 +178,23 @@ def test_unfinished_run_renders_what_exists(cnn_run, tmp_path):
     assert "running" in section(text, "summary")
     assert (d / "figures" / "curves.png").exists()  # history.jsonl is there: its curves are drawn
     assert "diagnose" in section(text, "diagnostics")
+
+
+def test_per_step_figure_only_with_two_or_more_steps(cnn_run, tmp_path):
+    assert not (cnn_run / "figures" / "steps.png").exists()  # no [log] every_steps: no steps.jsonl
+    d = tmp_path / "run"
+    shutil.copytree(cnn_run, d)
+    rows = [{"step": s, "epoch": 1 + (s - 1) // 20, "loss": 2.0 / s, "acc": min(1.0, s / 40)} for s in range(5, 45, 5)]
+    (d / rd.STEPS).write_text(json.dumps(rows[0]) + "\n")
+    write_report(d)
+    assert not (d / "figures" / "steps.png").exists()  # one step is not a curve
+    (d / rd.STEPS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_report(d)
+    assert (d / "figures" / "steps.png").is_file()
+    assert "steps.jsonl" in section(page(d), "curves") and len(inline_pngs(section(page(d), "curves"))) == 2
+    (d / rd.STEPS).write_text("{not json\n")
+    with pytest.raises(UserError, match="steps.jsonl is damaged"):
+        write_report(d)
 
 
 def test_report_after_run_respects_the_switch_and_never_raises(cnn_run, tmp_path, capsys, monkeypatch):

@@ -6,6 +6,7 @@ import platform
 import subprocess
 import sys
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,13 +14,15 @@ import torch
 import torch.nn as nn
 
 from cnnlab.data.augment import Normalizer, alternating_flip_mask
-from cnnlab.train.callbacks import Callback, WeightEMA
+from cnnlab import rundir as rd
+from cnnlab.train.callbacks import Callback, StepWriter, WeightEMA
 from cnnlab.config import ExperimentConfig
 from cnnlab.models import ImageClassifier
 from cnnlab.train import CheckedForward, DeviceSplit, Inference, Trainer, epoch_steps, predict, resolve_device
 from cnnlab.errors import UserError
 from cnnlab.lifecycle import Stop, StopReason
 from cnnlab.train.optim import build_optimizer, build_scheduler
+from cnnlab.train.trainer import BatchResult
 
 
 def small_model():
@@ -487,3 +490,68 @@ def test_cpu_device_keeps_freed_blocks_instead_of_faulting_them_back_in():
     assert tuned and n < 100, n
     tuned, n = faults({"CNNLAB_MALLOPT": "0"})
     assert not tuned and n > 10_000, n
+
+
+# ------------------------------------------------------------------------ [log] every_steps
+class BatchRecorder(Callback):
+    """Each step's batch loss and accuracy, read from ``trainer.last_batch`` (after the StepWriter)."""
+
+    def __init__(self):
+        self.rows = []
+
+    def on_train_batch_end(self, trainer, step, steps):
+        b = trainer.last_batch
+        self.rows.append((trainer.epoch + 1, float(b.loss), int(b.correct) / b.size))
+
+
+def test_step_writer_logs_every_nth_optimizer_step_across_epochs(tmp_path):
+    x, y = data()  # 50 images at batch 16: 4 steps per epoch, 12 in 3 epochs
+    rec = BatchRecorder()
+    trainer = make_trainer(_cfg(epochs=3), small_model(), x, y, [StepWriter(tmp_path, 3), rec])
+    trainer.fit()
+    rows = rd.read_jsonl(tmp_path / rd.STEPS, ("step", "epoch", "loss", "acc"))
+    assert [r["step"] for r in rows] == [3, 6, 9, 12] and [r["epoch"] for r in rows] == [1, 2, 3, 3]
+    for r in rows:
+        epoch, loss, acc = rec.rows[r["step"] - 1]
+        assert (r["epoch"], r["loss"], r["acc"]) == (epoch, pytest.approx(loss, rel=1e-6), pytest.approx(acc))
+    assert trainer.callbacks[0].state_dict() == {"step": 12}
+
+
+def test_step_writer_resumes_without_gaps_or_repeats(tmp_path):
+    """Interrupted after epoch 1, its lines of epoch 2 (past the checkpoint) and a torn last line
+    left behind: the resumed run drops them and writes each step once."""
+    x, y = data()
+    cfg = _cfg(epochs=3)
+    full_dir, run_dir = tmp_path / "full", tmp_path / "run"
+    full_dir.mkdir()
+    run_dir.mkdir()
+    make_trainer(cfg, small_model(), x, y, [StepWriter(full_dir, 2)]).fit()
+    first = make_trainer(cfg, small_model(), x, y, [StepWriter(run_dir, 2), InterruptAfter(1)])
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    state = first.state_dict()  # the checkpoint of epoch 1: step 4
+    assert state["callbacks"]["StepWriter"] == {"step": 4}
+    with open(run_dir / rd.STEPS, "a") as f:
+        f.write('{"step": 6, "epoch": 2, "loss": 9.0, "acc": 0.0}\n{"step": 8, "ep')
+    second = make_trainer(cfg, small_model(), x, y, [StepWriter(run_dir, 2)])
+    second.load_state_dict(state)
+    second.fit()
+    got, want = rd.read_jsonl(run_dir / rd.STEPS), rd.read_jsonl(full_dir / rd.STEPS)
+    assert [r["step"] for r in got] == [2, 4, 6, 8, 10, 12]
+    assert got == want  # bitwise the same run, so the same values
+
+
+def test_step_writer_reads_the_batch_only_on_logged_steps(tmp_path):
+    """The other steps never touch the batch's tensors (reading them would wait for the device)."""
+    writer = StepWriter(tmp_path, 2)
+    trainer = SimpleNamespace(epoch=0, steps_per_epoch=4, last_batch=BatchResult(object(), object(), 8))
+    writer.on_fit_start(trainer)
+    writer.on_train_batch_end(trainer, 0, 4)  # step 1: an unreadable batch, not read
+    trainer.last_batch = BatchResult(torch.tensor(0.5), torch.tensor(6), 8)
+    writer.on_train_batch_end(trainer, 1, 4)
+    assert rd.read_jsonl(tmp_path / rd.STEPS) == [{"step": 2, "epoch": 1, "loss": 0.5, "acc": 0.75}]
+
+
+def test_step_writer_needs_a_positive_interval(tmp_path):
+    with pytest.raises(UserError, match="every_steps"):
+        StepWriter(tmp_path, 0)

@@ -12,8 +12,10 @@ last epoch, with the test (else val) confusion matrix as a figure.
 
 * TensorBoard: event files in ``RUN_DIR/tensorboard`` (``tensorboard --logdir runs`` shows every
   run), weight histograms every ``log.histograms_every`` epochs (and at epoch 1), the resolved
-  config as text. The writer is flushed after every epoch, so a killed run loses at most the
-  epoch in progress.
+  config as text; with ``log.every_steps`` on, also ``step/loss`` and ``step/acc`` at the global
+  optimizer step, read from ``steps.jsonl`` (written by the ``steps`` callback) at each epoch's
+  end: the logger has no per-step work of its own, and the values are those of the file. The
+  writer is flushed after every epoch, so a killed run loses at most the epoch in progress.
 * MLflow: one MLflow run per cnnlab run, in experiment ``log.mlflow_experiment`` (default: the
   run's name); params = the flattened resolved config (``train.lr``, ``model.channels``, ...),
   tags ``cnnlab.run_dir``, ``cnnlab.dataset``, ``cnnlab.model``; artifacts ``metrics.json``,
@@ -26,7 +28,8 @@ last epoch, with the test (else val) confusion matrix as a figure.
 
 Resume: a resumed run appends to the same TensorBoard directory, purging from the checkpoint's
 epoch on (``purge_step``) and writing that epoch again from the checkpoint, so no epoch is missing
-or shown twice; and it continues the same MLflow run (its id and tracking URI are in the
+or shown twice (the purge, by step across all tags, also hides the per-step points from global step
+N on: they are written again from steps.jsonl); and it continues the same MLflow run (its id and tracking URI are in the
 callback's ``state_dict``, which every checkpoint holds), first logging any epoch of the
 checkpoint's history that MLflow has not seen. (MLflow cannot drop logged points: a resume from a
 checkpoint older than the last logged epoch, such as a copied ``epoch-NNNN.pt``, logs the
@@ -53,7 +56,7 @@ import sys
 import time
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.distributed as tdist
@@ -62,7 +65,7 @@ from matplotlib.figure import Figure
 from ..config import ExperimentConfig, flatten
 from ..errors import UserError
 from ..lifecycle import StopReason
-from ..rundir import CONFIG, DIAGNOSTICS, METRICS, REPORT, TENSORBOARD
+from ..rundir import CONFIG, DIAGNOSTICS, METRICS, REPORT, STEPS, TENSORBOARD, read_jsonl
 from ..train import CALLBACKS, Callback
 from . import plots
 
@@ -225,11 +228,13 @@ def histogram(t: torch.Tensor, bins: int = HISTOGRAM_BINS) -> dict[str, Any]:
 @CALLBACKS.register("tensorboard")
 class TensorBoardLogger(Logger):
     """TensorBoard event files in ``RUN_DIR/tensorboard``: every numeric epoch value, weight
-    histograms every ``histograms_every`` epochs (0 = off), final metrics and the confusion matrix."""
+    histograms every ``histograms_every`` epochs (0 = off), final metrics and the confusion matrix.
+    ``steps``: also the per-step loss and accuracy of steps.jsonl (``log.every_steps`` > 0)."""
 
-    def __init__(self, run_dir: str | Path, histograms_every: int = 1):
+    def __init__(self, run_dir: str | Path, histograms_every: int = 1, steps: bool = False):
         super().__init__(run_dir)
         self.histograms_every = histograms_every
+        self.steps = steps
         self.writer = None
 
     @property
@@ -255,6 +260,8 @@ class TensorBoardLogger(Logger):
         # reached the file before the kill, later epochs did and are being repeated) and write epoch N
         # again from the checkpoint, whose weights are those of the end of epoch N.
         self._open(purge_step=trainer.epoch)
+        if self.steps:  # the purge hid earlier epochs' steps from global step N on: those come back first
+            self._log_steps(lambda r: r["epoch"] < trainer.epoch <= r["step"])
         if trainer.history:
             self._epoch(trainer, trainer.history[-1])
 
@@ -267,7 +274,18 @@ class TensorBoardLogger(Logger):
         if every and (epoch % every == 0 or epoch == 1):
             for name, p in trainer.model.named_parameters():
                 w.add_histogram_raw(f"weights/{name}", global_step=epoch, **histogram(p))
+        if self.steps:
+            self._log_steps(lambda r: r["epoch"] == epoch)
         w.flush()  # a killed run keeps every finished epoch (the writer's own flush is every 120 s)
+
+    def _log_steps(self, keep: Callable[[dict[str, Any]], bool]) -> None:
+        """``step/loss`` and ``step/acc`` of the steps.jsonl lines that ``keep`` selects, at their
+        global step (a damaged file raises: the caller's warning names it and the logger stops)."""
+        w = self._open()
+        for r in read_jsonl(self.run_dir / STEPS, ("step", "epoch")):
+            if keep(r):
+                for k, v in numeric_logs({"loss": r.get("loss"), "acc": r.get("acc")}).items():
+                    w.add_scalar(f"step/{k}", v, int(r["step"]))
 
     def _final(self, metrics: dict[str, Any], run_dir: Path) -> None:
         w = self._open()
@@ -459,7 +477,7 @@ def build_loggers(cfg: ExperimentConfig, run_dir: str | Path) -> list[Callback]:
     check_loggers(cfg)
     out: list[Callback] = []
     if log.tensorboard:
-        out.append(CALLBACKS.get("tensorboard")(run_dir, log.histograms_every))
+        out.append(CALLBACKS.get("tensorboard")(run_dir, log.histograms_every, log.every_steps > 0))
     if log.mlflow:
         tags = {"cnnlab.dataset": cfg.data.dataset, "cnnlab.model": cfg.model.name}
         out.append(CALLBACKS.get("mlflow")(run_dir, log.mlflow_tracking_uri, log.mlflow_experiment or cfg.name,

@@ -271,6 +271,40 @@ def image_grid_figure(images: Any, captions: list[str], wrong: list[bool] | None
     return fig
 
 
+def _trailing_mean(y: list[float], window: int) -> list[float]:
+    """Mean of each value and the ``window - 1`` before it (fewer at the start)."""
+    sums = [0.0]
+    for v in y:
+        sums.append(sums[-1] + v)
+    return [(sums[i + 1] - sums[max(0, i + 1 - window)]) / min(i + 1, window) for i in range(len(y))]
+
+
+def steps_figure(steps: list[dict[str, Any]], title: str = "") -> Figure:
+    """Per-step training curves from steps.jsonl records (``step``, ``epoch``, ``loss``, ``acc``):
+    the loss and the accuracy of each logged batch against the global optimizer step. Single batches
+    are noisy, so past 50 points a trailing mean over a fiftieth of them is drawn over the raw values."""
+    with style():
+        fig = figure(10.5, 3.3)
+        axes = fig.subplots(1, 2)
+        for ax, (key, label, color) in zip(axes, (("loss", "loss", PALETTE[0]), ("acc", "accuracy", PALETTE[2]))):
+            pts = [(int(r["step"]), float(r[key])) for r in steps
+                   if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
+            x, y = [p[0] for p in pts], [p[1] for p in pts]
+            if len(x) > 50:
+                ax.plot(x, y, color=color, alpha=0.35, linewidth=0.8, label="batch")
+                ax.plot(x, _trailing_mean(y, max(2, len(x) // 50)), color=color, linewidth=1.5, label="trailing mean")
+                ax.legend()
+            elif x:
+                ax.plot(x, y, color=color, marker="o", markersize=2, linewidth=1)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("optimizer step")
+            ax.set_ylabel(label)
+            ax.set_title(f"training {label} per step (one batch)")
+        if title:
+            fig.suptitle(plain(title))
+    return fig
+
+
 def compare_curves_figure(histories: dict[str, list[dict[str, Any]]]) -> Figure:
     """Overlaid curves of several runs: train loss, val loss and val accuracy per epoch, one color
     per run (line style repeats the color cycle after seven runs)."""

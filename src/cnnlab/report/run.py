@@ -1,7 +1,7 @@
 """The run report: one self-contained ``report.html`` per run directory.
 
 ``write_report(run_dir)`` reads what a run directory holds (config.toml, env.json, run.json,
-history.jsonl, metrics.json, predictions/, stats.jsonl, diagnostics.json, the best checkpoint and,
+history.jsonl, steps.jsonl, metrics.json, predictions/, stats.jsonl, diagnostics.json, the best checkpoint and,
 for the example images, the run's data set) and writes ``report.html`` beside it, with every
 figure inlined as a base64 PNG and also saved as ``figures/<key>.png`` (:mod:`cnnlab.report.html`).
 
@@ -41,7 +41,7 @@ from ..registry import Registry
 from ..train import read_stats
 from .explain import gradient_flow_figures, model_figures
 from .html import Markup, Page, fmt, fmt_seconds, join, kv_table, note, table, tag
-from .plots import confusion_figure, curves_figure, image_grid_figure, roc_figure
+from .plots import confusion_figure, curves_figure, image_grid_figure, roc_figure, steps_figure
 from .sweep import is_sweep_dir, write_sweep_report
 
 if TYPE_CHECKING:
@@ -87,6 +87,7 @@ class RunReport:
         self.metrics: dict[str, Any] = rd.read_metrics(self.dir)
         self.diagnostics: dict[str, Any] | None = self._json(rd.DIAGNOSTICS)
         self.history = rd.read_history(self.dir)
+        self.steps = rd.read_jsonl(self.dir / rd.STEPS, ("step", "loss"))  # [] without [log] every_steps
         self.stats = read_stats(self.dir)
         self.config_text = rd.text_file(self.dir / rd.CONFIG)
         self.cfg = None
@@ -294,10 +295,11 @@ def section_summary(r: RunReport) -> Markup:
     return join(out)
 
 
-@SECTIONS.register("curves", summary="loss, accuracy and learning rate per epoch")
+@SECTIONS.register("curves", summary="loss, accuracy and learning rate per epoch; per step with [log] every_steps")
 def section_curves(r: RunReport) -> Markup:
+    per_step = _steps_figure(r)
     if not r.history:
-        return note("no epoch has finished yet: history.jsonl is empty.")
+        return join([note("no epoch has finished yet: history.jsonl is empty."), *per_step])
     best, stop = r.best_epoch(), r.stop_epoch()
     fig = curves_figure(r.history, best, stop)
     marks = []
@@ -307,7 +309,18 @@ def section_curves(r: RunReport) -> Markup:
         marks.append(f"the dotted line the early stop after epoch {stop}")
     caption = ("Loss and accuracy of the training split (as trained: augmented, dropout on) and the validation "
                "split per epoch; the learning rate at each epoch's end. " + "; ".join(marks) + ("." if marks else ""))
-    return r.page.figure("curves", fig, caption)
+    return join([r.page.figure("curves", fig, caption), *per_step])
+
+
+def _steps_figure(r: RunReport) -> list[Markup]:
+    """The per-step figure (figures/steps.png) when steps.jsonl holds at least two steps, else nothing."""
+    if len(r.steps) < 2:
+        return []
+    cfg_every = r.cfg.log.every_steps if r.cfg else None
+    every = f"every {cfg_every} optimizer steps" if cfg_every else "at the logged optimizer steps"
+    caption = (f"Training loss and accuracy of single batches (as trained: augmented, dropout on), {every} "
+               f"(steps.jsonl, [log] every_steps).")
+    return [r.page.figure("steps", steps_figure(r.steps), caption)]
 
 
 def _per_class_table(m: dict[str, Any]) -> Markup:

@@ -1,7 +1,9 @@
 """Callbacks: everything optional in training lives here, behind five hooks.
 
 Hooks: ``on_fit_start(trainer)``, ``on_epoch_start(trainer)``, ``on_train_batch_end(trainer,
-step, steps)``, ``on_epoch_end(trainer, logs)``, ``on_fit_end(trainer)``. A callback with state
+step, steps)``, ``on_epoch_end(trainer, logs)``, ``on_fit_end(trainer)``. In
+``on_train_batch_end``, ``trainer.last_batch`` holds that batch's loss and correct count as device
+tensors (reading them is a host sync: do it only on the steps that need it). A callback with state
 implements ``state_dict`` / ``load_state_dict``; the trainer stores those in every checkpoint, so a
 resumed run continues exactly. The trainer itself never mentions early stopping: the callback
 calls ``trainer.request_stop`` with a :class:`~cnnlab.lifecycle.Stop`.
@@ -14,9 +16,11 @@ loggers in :mod:`cnnlab.report.loggers`.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import operator
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -24,7 +28,8 @@ import torch
 from ..errors import UserError
 from ..lifecycle import Stop, StopReason
 from ..registry import Registry
-from ..rundir import BEST, LAST, epoch_checkpoint, write_history
+from ..rundir import (BEST, LAST, STEPS, atomic_write_text, damaged, epoch_checkpoint, parse_json, text_file,
+                      write_history)
 from .checkpoints import save_checkpoint
 
 if TYPE_CHECKING:  # annotations only: the trainer imports this module
@@ -231,6 +236,72 @@ class HistoryWriter(Callback):
 
     def on_epoch_end(self, trainer: "Trainer", logs: dict[str, Any]) -> None:
         write_history(self.run_dir, trainer.history)
+
+
+@CALLBACKS.register("steps")
+class StepWriter(Callback):
+    """``[log] every_steps``: appends one line to ``steps.jsonl`` every ``every`` optimizer steps,
+    ``{"step": global optimizer step (1-based, across epochs), "epoch": 1-based, "loss": the batch's
+    mean training loss (null when not finite), "acc": the batch's accuracy (argmax vs label)}``.
+
+    The other steps cost nothing: the trainer keeps the batch's loss and correct count on the device
+    (``trainer.last_batch``) and only a logged step reads them, in one host sync. Each line is one
+    append of a whole line. The global step is the callback's state, so a resumed run continues the
+    count; on starting, the lines past it (written after the checkpoint by a run killed later) are
+    dropped by an atomic rewrite, so no step is missing or written twice. With several processes
+    (this callback runs in rank 0 only) the values are rank 0's share of the global batch."""
+
+    def __init__(self, run_dir: str | Path, every: int):
+        if every < 1:
+            raise UserError(f"log.every_steps = {every}: give a number of steps of at least 1 (0 switches it off).")
+        self.path = Path(run_dir) / STEPS
+        self.every = every
+        self.step: int | None = None  # optimizer steps taken in the run so far; None until known
+
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        if self.step is None:  # a new run, or a checkpoint written without step logging
+            self.step = trainer.epoch * trainer.steps_per_epoch
+        drop_steps_after(self.path, self.step)
+
+    def on_train_batch_end(self, trainer: "Trainer", step: int, steps: int) -> None:
+        self.step += 1
+        if self.step % self.every or trainer.last_batch is None:
+            return
+        b = trainer.last_batch
+        loss, correct = torch.stack([b.loss, b.correct.to(b.loss.dtype)]).tolist()  # the one host sync
+        row = {"step": self.step, "epoch": trainer.epoch + 1, "loss": loss if math.isfinite(loss) else None,
+               "acc": correct / max(1, b.size)}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")  # one write of a whole line
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = None if state.get("step") is None else int(state["step"])
+
+
+def drop_steps_after(path: Path, last_step: int) -> None:
+    """Rewrite ``steps.jsonl`` at ``path`` atomically without its lines past optimizer step
+    ``last_step`` (a resumed run trains those steps again) and without a last line cut short by a
+    kill during its append. A missing file stays missing; one that is not what cnnlab writes is a
+    UserError naming it."""
+    if not path.exists():
+        return
+    text = text_file(path)
+    whole = text[: text.rfind("\n") + 1]  # up to the last complete line
+    keep = []
+    for i, line in enumerate(whole.splitlines(), 1):
+        if not line.strip():
+            continue
+        row = parse_json(line, path, f"line {i}: ")
+        step = row.get("step") if isinstance(row, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool):
+            raise damaged(path, f"line {i} is not an object with an integer step")
+        if step <= last_step:
+            keep.append(line + "\n")
+    if "".join(keep) != text:
+        atomic_write_text(path, "".join(keep))
 
 
 def _fmt(v: Any, spec: str) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +34,16 @@ from .distributed import World, trainable_signature, wrap_model
 from .evaluation import DeviceSplit, predict
 from .losses import loss_class_weights
 from .transfer import Freezing
+
+
+class BatchResult(NamedTuple):
+    """The latest training batch, as the trainer leaves it for ``on_train_batch_end`` callbacks: device
+    tensors, so reading them (``.item()``, ``float()``) is a host sync that only a callback that
+    needs the values pays for. With several processes: this process's share of the global batch."""
+
+    loss: torch.Tensor  # () float32: the batch's mean loss
+    correct: torch.Tensor  # () int64: images whose argmax matches the label
+    size: int  # images in the batch (this process's share)
 
 
 class Trainer:
@@ -100,6 +110,7 @@ class Trainer:
         else:
             self.sample_weight = None
         self._running = (torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long), 0, 0.0)
+        self.last_batch: BatchResult | None = None  # set before each on_train_batch_end
 
     # ------------------------------------------------------------------------------- loop
     @property
@@ -201,10 +212,13 @@ class Trainer:
             self.scaler.update()
             if self._per_step_schedule:
                 self.scheduler.step()
-            loss_sum += loss.detach().float() * len(idx)
-            correct += (out.detach().argmax(dim=1) == y).sum()
+            batch_loss = loss.detach().float()  # ()
+            batch_correct = (out.detach().argmax(dim=1) == y).sum()  # () int64
+            loss_sum += batch_loss * len(idx)
+            correct += batch_correct
             seen += len(idx)
             self._running = (loss_sum, correct, seen, start)
+            self.last_batch = BatchResult(batch_loss, batch_correct, len(idx))
             for cb in self.callbacks:
                 cb.on_train_batch_end(self, step, self.steps_per_epoch)
         world.all_sum([loss_sum, correct])  # every process logs the epoch's global loss and accuracy
