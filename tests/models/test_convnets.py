@@ -9,8 +9,13 @@ from torch import nn
 
 from cnnlab.errors import UserError
 from cnnlab.models import (
+    NORM_TYPES,
+    PRESETS,
+    CNNParams,
     build_model,
     count_parameters,
+    describe_models,
+    has_running_stats,
 )
 
 from .helpers import K, _build, _check_contract
@@ -207,3 +212,133 @@ def test_resnet18_stems():
         assert small.eval().features(torch.zeros(1, 3, 32, 32)).shape == (1, 512)
     dropped = _build("resnet18", (3, 32, 32), dropout=0.3)
     assert isinstance(dropped.head.dropout, nn.Dropout) and isinstance(dropped.head.out, nn.Linear)
+
+
+# --------------------------------------------------------------------------- cnn norms (issue 17)
+# norm -> (layer type, child name in a block, GroupNorm groups for channels [4, 8] with norm_groups = 2)
+NORM_LAYOUT = {
+    "batch": (nn.BatchNorm2d, "bn", None),
+    "group": (nn.GroupNorm, "norm", [2, 2]),
+    "layer": (nn.GroupNorm, "norm", [1, 1]),
+    "instance": (nn.GroupNorm, "norm", [4, 8]),
+}
+# block_order -> children of a block (N = the norm's child name), and whether auto keeps the conv bias
+ORDER_LAYOUT = {
+    "conv-bn-act-pool": (["conv", "N", "act", "pool"], False),
+    "conv-act-bn-pool": (["conv", "act", "N", "pool"], True),
+    "conv-pool-act": (["conv", "N", "pool", "act"], False),
+}
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 16), (1, 8, 8)])
+@pytest.mark.parametrize("norm", [*NORM_LAYOUT, "none"])
+def test_cnn_every_norm_builds_and_trains(norm, shape):
+    m = _build("cnn", shape, channels=[4, 8], hidden=[16], norm=norm, norm_groups=2)
+    _check_contract(m, shape, K)
+    norms = [c for c in m.features.modules() if isinstance(c, NORM_TYPES)]
+    assert len(norms) == (0 if norm == "none" else 2)
+
+
+@pytest.mark.parametrize("order", list(ORDER_LAYOUT))
+@pytest.mark.parametrize("norm", list(NORM_LAYOUT))
+def test_cnn_norm_type_and_place_in_a_block_follow_the_config(norm, order):
+    layer_type, child, groups = NORM_LAYOUT[norm]
+    names, conv_bias = ORDER_LAYOUT[order]
+    m = _build("cnn", (3, 16, 16), channels=[4, 8], norm=norm, norm_groups=2, block_order=order)
+    for i, block in enumerate(m.features):
+        assert [n for n, _ in block.named_children()] == [child if n == "N" else n for n in names]
+        layer = getattr(block, child)
+        assert type(layer) is layer_type and layer.weight.shape == layer.bias.shape == (block.conv.out_channels,)
+        if groups is not None:
+            assert layer.num_groups == groups[i]
+        assert (block.conv.bias is not None) == conv_bias  # auto: no bias when the norm directly follows the conv
+        assert has_running_stats(layer) == (norm == "batch")
+    _check_contract(m, (3, 16, 16), K)
+    # An explicit conv_bias wins over auto.
+    assert _build("cnn", (3, 16, 16), channels=[4], norm=norm, block_order=order, conv_bias=True,
+                  norm_groups=2).features[0].conv.bias is not None
+
+
+def test_cnn_without_norm_leaves_it_out_of_every_order():
+    for order in ORDER_LAYOUT:
+        m = _build("cnn", (1, 8, 8), channels=[4], norm="none", block_order=order)
+        assert [n for n, _ in m.features[0].named_children()] == [n for n in ORDER_LAYOUT[order][0] if n != "N"]
+        assert m.features[0].conv.bias is not None
+
+
+def test_instance_norm_computes_what_instancenorm2d_does():
+    torch.manual_seed(0)
+    m = _build("cnn", (3, 16, 16), channels=[4], norm="instance")
+    ours = m.features[0].norm
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 2.0)
+        ours.bias.uniform_(-1.0, 1.0)
+    ref = nn.InstanceNorm2d(4, affine=True)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 4, 8, 8)
+    for mode in (True, False):  # the same in train and eval mode: no running statistics
+        ours.train(mode), ref.train(mode)
+        torch.testing.assert_close(ours(x), ref(x))
+
+
+def test_layer_norm_normalizes_each_image_over_channels_and_pixels():
+    m = _build("cnn", (3, 16, 16), channels=[4], norm="layer", block_order="conv-bn-act-pool")
+    x = torch.randn(2, 4, 8, 8) * 3 + 1
+    y = m.features[0].norm(x)  # weight 1, bias 0 at init
+    torch.testing.assert_close(y, F.layer_norm(x, (4, 8, 8)))
+
+
+def test_group_norm_groups_must_divide_every_block():
+    with pytest.raises(UserError, match=r"norm_groups = 8 does not divide the 12 channels of block 1 \(channels\[1\]\)") as e:
+        build_model({"name": "cnn", "channels": [8, 12], "norm": "group", "norm_groups": 8}, (3, 16, 16), 2)
+    assert "channels = [8, 12]: 1, 2, 4" in str(e.value)  # the values that would fit
+    # The default (32 groups, Wu & He) against seed 000's channels.
+    with pytest.raises(UserError, match="norm_groups = 32 does not divide the 25 channels of block 0.*: 1, 5, 25"):
+        build_model({"name": "cnn", "channels": [25, 50, 100], "norm": "group"}, (3, 32, 32), 2)
+    # Only group norm reads norm_groups.
+    _build("cnn", (3, 16, 16), channels=[8, 12], norm="layer", norm_groups=8)
+
+
+def test_batchnorm_is_shorthand_for_norm():
+    def layout(**keys):
+        m = _build("cnn", (3, 16, 16), channels=[4, 8], **keys)
+        return [(n, type(c), tuple(c.state_dict())) for n, c in m.named_modules()]
+
+    assert layout(batchnorm=True) == layout(norm="batch") == layout() == layout(batchnorm=True, norm="batch")
+    assert layout(batchnorm=False) == layout(norm="none") == layout(batchnorm=False, norm="none")
+    assert layout(batchnorm=False) != layout()
+    for bn, norm in ((False, "group"), (True, "none"), (True, "layer"), (False, "batch")):
+        with pytest.raises(UserError, match=f"batchnorm = {str(bn).lower()} .*contradicts norm = '{norm}'"):
+            build_model({"name": "cnn", "batchnorm": bn, "norm": norm}, (3, 16, 16), 2)
+    # Folded into norm on load: the resolved keys hold norm alone and validate again as the same model.
+    p = CNNParams(batchnorm=False)
+    assert (p.norm, p.batchnorm) == ("none", None)
+    resolved = {k: v for k, v in p.model_dump().items() if v is not None}
+    assert "batchnorm" not in resolved and CNNParams.model_validate(resolved) == p
+    assert CNNParams.model_validate({**resolved, "norm": "layer"}).norm == "layer"
+
+
+def test_cnn_default_state_dict_keys_are_those_of_the_batchnorm_only_cnn():
+    """The keys (and their order) a default cnn had before norm existed: old checkpoints load."""
+    m = _build("cnn", (3, 16, 16), k=3, channels=[4, 8], hidden=[6])
+    assert list(m.state_dict()) == [
+        "features.0.conv.weight", "features.0.bn.weight", "features.0.bn.bias", "features.0.bn.running_mean",
+        "features.0.bn.running_var", "features.0.bn.num_batches_tracked",
+        "features.1.conv.weight", "features.1.bn.weight", "features.1.bn.bias", "features.1.bn.running_mean",
+        "features.1.bn.running_var", "features.1.bn.num_batches_tracked",
+        "head.fc0.weight", "head.fc0.bias", "head.out.weight", "head.out.bias",
+    ]
+    assert all(type(b.bn) is nn.BatchNorm2d and b.conv.bias is None for b in m.features)
+    # seed 000's order without a norm keeps its conv bias; with one the bias goes (as before).
+    m = _build("cnn", (3, 16, 16), k=3, channels=[4], hidden=[6], batchnorm=False, block_order="conv-pool-act")
+    assert list(m.state_dict()) == ["features.0.conv.weight", "features.0.conv.bias", "head.fc0.weight",
+                                    "head.fc0.bias", "head.out.weight", "head.out.bias"]
+    assert PRESETS["seed000_net1"][0].norm == "none" and PRESETS["seed001_cnn"][0].norm == "batch"
+
+
+def test_cnnlab_models_lists_the_norm_keys_with_their_values():
+    keys = next(k for name, _, k in describe_models() if name == "cnn")
+    assert keys["norm"] == ('"batch" | "group" | "layer" | "instance" | "none"', "batch")
+    assert keys["norm_groups"] == ("int", 32)
+    assert keys["block_order"] == ('"conv-bn-act-pool" | "conv-act-bn-pool" | "conv-pool-act"', "conv-bn-act-pool")
+    assert "batchnorm" in keys

@@ -3,6 +3,7 @@ import torch
 
 from cnnlab.config import TrainConfig
 from cnnlab.errors import UserError
+from cnnlab.models import NORM_TYPES, build_model
 from cnnlab.train.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler
 
 
@@ -182,3 +183,24 @@ def test_fused_kernels_are_used_when_available_and_skipped_when_not():
 
     opt = _fused(NoFused, model().parameters(), lr=0.1)
     assert isinstance(opt, NoFused) and len(opt.param_groups[0]["params"]) == 2
+
+
+@pytest.mark.parametrize("norm", ["batch", "group", "layer", "instance"])
+def test_every_cnn_norm_lands_in_the_bn_groups(norm):
+    """Group, layer and instance norm weights get what BatchNorm's get: bn_weight_decay and the bias lr scale."""
+    m = build_model({"name": "cnn", "channels": [4, 8], "hidden": [], "norm": norm, "norm_groups": 2}, (1, 8, 8), 3)
+    t = TrainConfig(optimizer="sgd", lr=0.1, weight_decay=5e-4, bn_bias_lr_scale=8.0, bn_weight_decay=0.0)
+    groups = {g["name"]: g for g in build_optimizer(m, t).param_groups}
+    norms = [c for c in m.modules() if isinstance(c, NORM_TYPES)]
+    assert len(norms) == 2
+    assert groups["bn_weight"]["params"] == [n.weight for n in norms] and groups["bn_weight"]["weight_decay"] == 0.0
+    assert groups["bn_bias"]["params"] == [n.bias for n in norms] and groups["bn_bias"]["lr"] == pytest.approx(0.8)
+    # conv weights (no conv bias: the norm follows the conv) and the head's Linear
+    assert len(groups["other"]["params"]) == 2 + 2 and groups["other"]["weight_decay"] == 5e-4
+
+
+def test_norm_layers_without_a_bias_put_their_weight_in_bn_weight():
+    m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4, bias=False), torch.nn.RMSNorm(4),
+                            torch.nn.Linear(4, 2))
+    g = {g["name"]: g for g in build_optimizer(m, TrainConfig(optimizer="sgd", bn_weight_decay=0.0)).param_groups}
+    assert g["bn_weight"]["params"] == [m[1].weight, m[2].weight] and "bn_bias" not in g

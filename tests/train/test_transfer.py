@@ -193,3 +193,45 @@ def test_resume_with_unfreeze_schedule_ends_like_an_uninterrupted_run(source, tm
     a, b = _weights(full.dir), _weights(cut)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("norm", ["batch", "group", "layer", "instance"])
+def test_freezing_keeps_only_norm_layers_with_running_statistics_in_eval_mode(norm):
+    from cnnlab.config import TransferConfig
+    from cnnlab.models import NORM_TYPES, build_model
+    from cnnlab.train.transfer import apply_transfer
+
+    model = build_model({**MODEL, "norm": norm, "norm_groups": 4}, (1, 8, 8), 5)
+    freezing = apply_transfer(model, TransferConfig(freeze="features"), load=False, quiet=True).freezing
+    norms = [m for m in model.features.modules() if isinstance(m, NORM_TYPES)]
+    assert len(norms) == 2 and not any(p.requires_grad for m in norms for p in m.parameters())
+    # BatchNorm's running statistics must not move; group, layer and instance norm have none.
+    assert freezing.bn_eval == (norms if norm == "batch" else [])
+    freezing.set_trainable(model, ["features.1"], True)
+    assert freezing.bn_eval == (norms[:1] if norm == "batch" else [])
+
+
+def test_frozen_instance_norm_with_running_statistics_stays_in_eval_mode():
+    from cnnlab.train.transfer import Freezing
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.InstanceNorm2d(2, affine=True, track_running_stats=True),
+                                torch.nn.GroupNorm(1, 2))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    f = Freezing()
+    f.refresh(model)
+    assert f.bn_eval == [model[1]]
+
+
+def test_freeze_features_with_group_norm_keeps_them_bitwise(tmp_path, capsys):
+    gn = {"model": {**MODEL, "norm": "group", "norm_groups": 4}}
+    src = cnnlab.run({**_cfg("gn_source", [0, 1, 2, 3, 4], epochs=1), **gn}, runs_dir=tmp_path / "s", quiet=True)
+    r = cnnlab.run({**_cfg("gn_target", [5, 6, 7, 8, 9], epochs=2, init_from=str(src.dir), freeze="features",
+                           new_head=True), **gn}, runs_dir=tmp_path / "t")
+    assert "0 frozen BatchNorm layers" in capsys.readouterr().out
+    before, after = _weights(src.dir), _weights(r.dir)
+    features = [k for k in after if k.startswith("features.")]
+    assert any(k.endswith(".norm.weight") for k in features) and not any("running" in k for k in features)
+    for k in features:
+        assert torch.equal(before[k], after[k]), k
+    assert not torch.equal(before["head.fc0.weight"], after["head.fc0.weight"])

@@ -6,6 +6,7 @@ presets ``seed000_net1`` and ``seed001_cnn`` (the seeds' networks, exactly).
 from __future__ import annotations
 
 import functools
+import math
 from collections import OrderedDict
 from typing import Annotated, Any, Callable, Literal
 
@@ -15,7 +16,9 @@ from torch import nn
 
 from ..errors import UserError
 from ._builder import MODELS, Depth, Kernel, ModelParams, Width
-from .layers import ACTIVATIONS, BLOCK_ORDERS, POOLS, ActivationName, BlockOrder, ImageClassifier, PoolName, dry_run
+from .layers import (ACTIVATIONS, BLOCK_ORDERS, NORMS, POOLS, ActivationName, BlockOrder, ImageClassifier, NormName,
+                     PoolName, dry_run)
+
 
 class CNNParams(ModelParams):
     """Keys of the ``cnn`` model (and the fixed values of the presets)."""
@@ -27,10 +30,17 @@ class CNNParams(ModelParams):
     )
     pool: PoolName = Field("max", description="pooling after each block: max or avg (2x2, stride 2), or none")
     activation: ActivationName = Field("relu", description="activation function of conv blocks and hidden layers")
-    batchnorm: bool = Field(True, description="BatchNorm2d right after each conv")
-    conv_bias: Literal["auto"] | bool = Field("auto", description="conv bias; auto = no bias when batchnorm follows")
+    norm: NormName = Field(
+        "batch", description="normalization in each block: batch (BatchNorm2d), group (GroupNorm, norm_groups groups), "
+        "layer (each image over C, H, W), instance (each image and channel over H, W), none"
+    )
+    norm_groups: Width = Field(32, description="groups of norm = group; must divide every block's channels")
+    batchnorm: bool | None = Field(
+        None, description="shorthand: true = norm 'batch', false = norm 'none'; folded into norm on load"
+    )
+    conv_bias: Literal["auto"] | bool = Field("auto", description="conv bias; auto = no bias when the norm directly follows the conv")
     block_order: BlockOrder = Field(
-        "conv-bn-act-pool", description="layer order in a block; conv-pool-act is seed 000's conv -> pool -> act"
+        "conv-bn-act-pool", description="layer order in a block, bn = the chosen norm; conv-pool-act is seed 000's conv -> pool -> act"
     )
     global_pool: bool = Field(False, description="adaptive average pool to 1x1 before the head")
     hidden: list[Width] = Field([128], max_length=Depth, description="sizes of the hidden fully connected layers")
@@ -53,6 +63,30 @@ class CNNParams(ModelParams):
                 f"kernel_size has {len(self.kernel_size)} values but channels has {len(self.channels)} blocks; "
                 "give one kernel size per block or a single number"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _norm_choice(self) -> CNNParams:
+        """Fold the ``batchnorm`` shorthand into ``norm`` and unset it, so a saved config holds ``norm``
+        alone and an override of ``norm`` later does not contradict it; check group norm's groups."""
+        if self.batchnorm is not None:
+            implied: NormName = "batch" if self.batchnorm else "none"
+            if "norm" in self.model_fields_set and self.norm != implied:
+                raise ValueError(
+                    f"batchnorm = {str(self.batchnorm).lower()} (shorthand for norm = {implied!r}) contradicts "
+                    f"norm = {self.norm!r}; give only norm"
+                )
+            self.norm, self.batchnorm = implied, None
+        if self.norm == "group":
+            for i, c in enumerate(self.channels):
+                if c % self.norm_groups:
+                    common = math.gcd(*self.channels)
+                    fits = [g for g in range(1, common + 1) if common % g == 0]
+                    raise ValueError(
+                        f"norm_groups = {self.norm_groups} does not divide the {c} channels of block {i} (channels[{i}]); "
+                        f"group norm splits each block's channels into norm_groups equal groups. Values that divide "
+                        f"every block of channels = {list(self.channels)}: {', '.join(map(str, fits))}"
+                    )
         return self
 
     def kernel_sizes(self) -> list[int]:
@@ -85,19 +119,23 @@ class PresetParams(ModelParams):
 
 
 def _cnn_block(params: CNNParams, in_ch: int, out_ch: int, k: int) -> nn.Sequential:
-    """(in_ch, H, W) -> (out_ch, H', W'): conv [-> bn] -> act/pool in ``block_order``."""
+    """(in_ch, H, W) -> (out_ch, H', W'): conv, norm, act and pool in ``block_order`` (norm and pool
+    left out when "none"); the norm is named by its ``Norm.child`` ("bn" for batch norm)."""
     padding = {"same": k // 2, "valid": 0}.get(params.padding, params.padding)  # type: ignore[arg-type]
-    bias = (not params.batchnorm) if params.conv_bias == "auto" else bool(params.conv_bias)
-    pool = POOLS[params.pool]
+    norm = NORMS[params.norm]
     makers: dict[str, Callable[[], nn.Module] | None] = {
-        "conv": lambda: nn.Conv2d(in_ch, out_ch, kernel_size=k, padding=padding, bias=bias),
-        "bn": (lambda: nn.BatchNorm2d(out_ch)) if params.batchnorm else None,
+        "norm": functools.partial(norm.make, out_ch, params.norm_groups) if norm is not None else None,
         "act": ACTIVATIONS[params.activation],
-        "pool": pool,
+        "pool": POOLS[params.pool],
     }
-    return nn.Sequential(
-        OrderedDict((name, make()) for name in BLOCK_ORDERS[params.block_order] if (make := makers[name]) is not None)
-    )
+    order = [t for t in BLOCK_ORDERS[params.block_order] if t == "conv" or makers[t] is not None]
+    # auto: no conv bias when the norm comes right after the conv; its per-channel shift takes the
+    # bias's place (batch and instance norm subtract each channel's mean, which cancels a bias exactly).
+    norm_follows = order[order.index("conv") + 1:order.index("conv") + 2] == ["norm"]
+    bias = not norm_follows if params.conv_bias == "auto" else bool(params.conv_bias)
+    makers["conv"] = functools.partial(nn.Conv2d, in_ch, out_ch, kernel_size=k, padding=padding, bias=bias)
+    names = {"norm": norm.child} if norm is not None else {}
+    return nn.Sequential(OrderedDict((names.get(t, t), make()) for t in order if (make := makers[t]) is not None))
 
 
 def _dense_head(
@@ -118,7 +156,7 @@ def _dense_head(
     return nn.Sequential(layers)
 
 
-@MODELS.register("cnn", params=CNNParams, summary="conv blocks (conv, batchnorm, activation, pool) + fully connected head")
+@MODELS.register("cnn", params=CNNParams, summary="conv blocks (conv, norm, activation, pool) + fully connected head")
 def build_cnn(params: CNNParams, input_shape: tuple[int, int, int], num_classes: int) -> ImageClassifier:
     """Conv blocks from ``params.channels``; the head's input size comes from a dry run.
 
@@ -203,7 +241,7 @@ PRESETS: dict[str, tuple[CNNParams, str]] = {
     "seed000_net1": (
         CNNParams(
             channels=[25, 50, 100], kernel_size=3, padding="same", pool="max", activation="relu",
-            batchnorm=False, conv_bias=True, block_order="conv-pool-act", hidden=[100], dropout=0.0,
+            norm="none", conv_bias=True, block_order="conv-pool-act", hidden=[100], dropout=0.0,
         ),
         "seed 000's network_1: conv 25/50/100 -> maxpool -> ReLU, FC 100, no batchnorm",
     ),
@@ -212,7 +250,7 @@ PRESETS: dict[str, tuple[CNNParams, str]] = {
     "seed001_cnn": (
         CNNParams(
             channels=[64, 128, 256], kernel_size=3, padding="same", pool="max", activation="relu",
-            batchnorm=True, conv_bias=True, block_order="conv-bn-act-pool", hidden=[1024], dropout=0.4,
+            norm="batch", conv_bias=True, block_order="conv-bn-act-pool", hidden=[1024], dropout=0.4,
             dropout_on_features=False,
         ),
         "seed 001's CustomCNN: conv 64/128/256 + batchnorm + ReLU + maxpool, FC 1024, dropout 0.4",

@@ -1,10 +1,12 @@
 """Building blocks of the models: the ``ImageClassifier`` contract (``features`` -> ``head``),
-activations, pooling, block orders and weight inits by config name, the dry run that infers layer
-sizes, and the helpers that find and replace a model's output layer.
+activations, pooling, normalization layers, block orders and weight inits by config name, the
+norm-layer types the training code recognises, the dry run that infers layer sizes, and the
+helpers that find and replace a model's output layer.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Literal, get_args
 
 import torch
@@ -31,13 +33,59 @@ POOLS: dict[str, Callable[[], nn.Module] | None] = {
 }
 PoolName = Literal["max", "avg", "none"]
 
-# The order of the layers inside one conv block; "bn" is skipped without batchnorm, "pool" with
-# pool = "none". conv-pool-act is seed 000's order (conv -> maxpool -> ReLU).
-BLOCK_ORDERS: dict[str, tuple[str, ...]] = {
-    "conv-bn-act-pool": ("conv", "bn", "act", "pool"),
-    "conv-pool-act": ("conv", "bn", "pool", "act"),
+
+@dataclass(frozen=True)
+class Norm:
+    """One normalization of conv feature maps (N, C, H, W): ``make(channels, groups)`` builds the
+    layer (``groups`` is ``norm_groups``, read by group norm only); ``child`` is its name inside a
+    block, so its state_dict keys are ``features.<i>.<child>.weight``."""
+
+    child: str
+    make: Callable[[int, int], nn.Module]
+
+
+# Every layer here has a learned per-channel scale and shift (affine weight and bias).
+# - batch: named "bn", the name it had before the other norms existed, so checkpoints still load.
+# - layer: GroupNorm(1, C) normalizes each sample over all of (C, H, W) like LayerNorm, but with
+#   a per-channel affine; nn.LayerNorm would need normalized_shape = (C, H, W) fixed when the model
+#   is built (one image size only, and a C*H*W affine), and LayerNorm(C) on (N, C, H, W) would
+#   normalize over W instead.
+# - instance: GroupNorm(C, C) computes what InstanceNorm2d(C, affine=True) does (each sample and
+#   channel over H, W). Chosen so that group, layer and instance are one layer type with one
+#   behaviour: no running-statistics buffers, the same in train and eval mode, while InstanceNorm2d
+#   is a subclass of BatchNorm's base class whose track_running_stats flag would change that.
+#   On a 1x1 map it outputs its shift (InstanceNorm2d raises there).
+NORMS: dict[str, Norm | None] = {
+    "batch": Norm("bn", lambda channels, groups: nn.BatchNorm2d(channels)),
+    "group": Norm("norm", lambda channels, groups: nn.GroupNorm(groups, channels)),
+    "layer": Norm("norm", lambda channels, groups: nn.GroupNorm(1, channels)),
+    "instance": Norm("norm", lambda channels, groups: nn.GroupNorm(channels, channels)),
+    "none": None,
 }
-BlockOrder = Literal["conv-bn-act-pool", "conv-pool-act"]
+NormName = Literal["batch", "group", "layer", "instance", "none"]
+
+# The order of the layers inside one conv block; "norm" (written "bn" in the names, from when
+# batch norm was the only one) is the chosen norm, skipped with norm = "none", and "pool" is skipped
+# with pool = "none". conv-pool-act is seed 000's order (conv -> maxpool -> ReLU).
+BLOCK_ORDERS: dict[str, tuple[str, ...]] = {
+    "conv-bn-act-pool": ("conv", "norm", "act", "pool"),
+    "conv-act-bn-pool": ("conv", "act", "norm", "pool"),
+    "conv-pool-act": ("conv", "norm", "pool", "act"),
+}
+BlockOrder = Literal["conv-bn-act-pool", "conv-act-bn-pool", "conv-pool-act"]
+
+# Every normalization layer type, whoever built the model (timm's norm layers subclass these):
+# their weights and biases form the optimizer's norm groups (train.bn_bias_lr_scale,
+# train.bn_weight_decay). _NormBase is the base of BatchNorm*, SyncBatchNorm and InstanceNorm*.
+NORM_TYPES: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
+
+
+def has_running_stats(m: nn.Module) -> bool:
+    """Whether ``m`` is a norm layer with running statistics (BatchNorm, or InstanceNorm with
+    ``track_running_stats``): the only norm layers whose train/eval mode changes what they compute
+    and what they store, so the only ones a frozen model part must keep in eval mode. GroupNorm,
+    LayerNorm and RMSNorm normalize each sample on its own in both modes."""
+    return isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats
 
 
 def _init_kaiming(m: nn.Module) -> None:
@@ -65,6 +113,7 @@ InitName = Literal["default", "kaiming", "xavier"]
 
 assert set(get_args(ActivationName)) == set(ACTIVATIONS)
 assert set(get_args(PoolName)) == set(POOLS)
+assert set(get_args(NormName)) == set(NORMS)
 assert set(get_args(BlockOrder)) == set(BLOCK_ORDERS)
 assert set(get_args(InitName)) == set(INITS)
 

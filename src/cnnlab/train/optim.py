@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..config import TrainConfig, TransferConfig, entry_params
 from ..errors import UserError
-from ..models import ImageClassifier
+from ..models import NORM_TYPES, ImageClassifier
 from ..registry import Registry
 
 OPTIMIZERS: Registry = Registry("optimizer")
@@ -57,10 +57,6 @@ def _rmsprop(params, t: TrainConfig):
     return torch.optim.RMSprop(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
 
 
-# Normalization layers whose affine weight/bias form the "bn" parameter groups.
-_NORM_LAYERS = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
-
-
 def param_groups(model: torch.nn.Module, train: TrainConfig, transfer: TransferConfig | None = None,
                  fixed: frozenset[str] = frozenset()) -> list[dict] | list[torch.nn.Parameter]:
     """The optimizer's parameters. With ``bn_bias_lr_scale == 1``, no ``bn_weight_decay`` and no
@@ -70,7 +66,8 @@ def param_groups(model: torch.nn.Module, train: TrainConfig, transfer: TransferC
     their biases, with lr ``lr * bn_bias_lr_scale`` and weight decay ``bn_weight_decay /
     bn_bias_lr_scale``, so that with SGD only the gradient step grows while the decay per step
     (lr * weight_decay) stays the same (airbench's bias_scaler). Trainable parameters only; empty
-    groups are left out.
+    groups are left out. Normalization layers are those of ``NORM_TYPES`` (batch, group, layer and
+    instance norm alike; the groups keep their "bn" names).
 
     ``transfer`` (a TransferConfig that is on): every parameter is included, frozen ones too
     (they get no gradient, so the optimizer skips them until an unfreeze makes them trainable,
@@ -86,12 +83,13 @@ def param_groups(model: torch.nn.Module, train: TrainConfig, transfer: TransferC
         return trainable
     norm_w: dict[int, torch.nn.Parameter] = {}
     norm_b: dict[int, torch.nn.Parameter] = {}
+    stores = {"weight": norm_w, "bias": norm_b}  # a norm layer's own parameters by name (RMSNorm has no bias)
     chosen = {id(p) for p in trainable}
     for m in model.modules():
-        if isinstance(m, _NORM_LAYERS):
-            for store, p in ((norm_w, m.weight), (norm_b, m.bias)):
-                if isinstance(p, torch.nn.Parameter) and id(p) in chosen:
-                    store[id(p)] = p
+        if isinstance(m, NORM_TYPES):
+            for pname, p in m.named_parameters(recurse=False):
+                if pname in stores and id(p) in chosen:
+                    stores[pname][id(p)] = p
     bn_wd = train.weight_decay if train.bn_weight_decay is None else train.bn_weight_decay
     scale = train.bn_bias_lr_scale
     head_ids = {id(p) for p in model.head.parameters()} if split and isinstance(model, ImageClassifier) else set()

@@ -1,6 +1,6 @@
 """Transfer learning (``[transfer]``): load weights from a run, a checkpoint or a pretrained
-state_dict; freeze and unfreeze modules by glob patterns; keep frozen BatchNorm layers in eval
-mode; unfreeze more modules at given epochs. See docs/transfer.md.
+state_dict; freeze and unfreeze modules by glob patterns; keep frozen norm layers with running
+statistics (BatchNorm) in eval mode; unfreeze more modules at given epochs. See docs/transfer.md.
 
 Module names are those of ``model.named_modules()`` (``cnnlab models --show NAME`` lists them). A
 pattern matches a module when ``fnmatch(name, pattern)``; a matched module's submodules go with
@@ -20,14 +20,12 @@ import torch.nn as nn
 from .. import rundir as rd
 from ..config import TransferConfig
 from ..errors import UserError
-from ..models import output_layer
+from ..models import has_running_stats, output_layer
 from .callbacks import CALLBACKS, Callback, eval_weights
 from .checkpoints import load_checkpoint, load_error_line, refused_global
 
 if TYPE_CHECKING:  # annotations only: the trainer imports this module
     from .trainer import Trainer
-
-_BN = nn.modules.batchnorm._BatchNorm
 
 
 @dataclass
@@ -36,10 +34,11 @@ class Freezing:
     trainer and the unfreeze schedule (nothing is attached to the model).
 
     ``fixed``: parameters the model keeps fixed by design (airbench's whitening), never unfrozen;
-    ``frozen_names``: modules frozen by a pattern and not unfrozen since; ``bn_eval``: the
-    BatchNorm layers whose parameters are all frozen (or that have none and are frozen by name),
-    which the trainer puts back in eval mode after ``model.train()`` each epoch, so their running
-    statistics do not move."""
+    ``frozen_names``: modules frozen by a pattern and not unfrozen since; ``bn_eval``: the norm
+    layers with running statistics (BatchNorm; ``has_running_stats``) whose parameters are all
+    frozen (or that have none and are frozen by name), which the trainer puts back in eval mode
+    after ``model.train()`` each epoch, so their running statistics do not move. Group, layer and
+    instance norm of the ``cnn`` model have none: freezing their weights is all it takes."""
 
     fixed: frozenset[str] = frozenset()
     frozen_names: set[str] = field(default_factory=set)
@@ -49,7 +48,7 @@ class Freezing:
         """Recompute ``bn_eval`` from the model's current requires_grad flags."""
         self.bn_eval = []
         for name, m in model.named_modules():
-            if isinstance(m, _BN) and m.track_running_stats:
+            if has_running_stats(m):
                 params = list(m.parameters(recurse=False))
                 if params and not any(p.requires_grad for p in params):
                     self.bn_eval.append(m)
@@ -299,7 +298,7 @@ def apply_transfer(model: nn.Module, t: TransferConfig, load: bool = True, downl
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if not quiet:
         print(f"transfer: {trainable:,} trainable and {total - trainable:,} frozen parameters; "
-              f"{len(freezing.bn_eval)} frozen BatchNorm layers kept in eval mode")
+              f"{len(freezing.bn_eval)} frozen BatchNorm layers (running statistics) kept in eval mode")
     record.update(trainable_parameters=trainable, frozen_parameters=total - trainable, freeze=t.freeze,
                   unfreeze=unfreeze, new_head=t.new_head)
     return Transfer(record, freezing)
