@@ -113,7 +113,7 @@ def test_stats_file_has_one_record_per_epoch_with_every_statistic(healthy):
     acts = {a["name"]: a for a in r["activations"]}
     assert set(acts) == {"features.0.act", "features.1.act", "head.act0"}
     assert all(0 <= a["dead"] <= 1 and a["saturated"] is None and a["std"] > 0 for a in acts.values())
-    assert r["probe_size"] == 130  # a tenth of the 1,293 training images (below probe_size = 256)
+    assert r["probe_size"] == 256  # probe_size of the 1,293 training images
 
 
 # --------------------------------------------------------------------------- real runs

@@ -94,7 +94,7 @@ def cmd_models(a: argparse.Namespace) -> None:
     for name, summary, keys in describe_models():
         print(f"{name}: {summary}")
         for key, (typ, default) in keys.items():
-            print(f"    {key} = {default!r}  ({typ})")
+            print(f"    {key} = {'unset' if default is None else repr(default)}  ({typ})")
 
 
 def _show_model(name: str) -> None:

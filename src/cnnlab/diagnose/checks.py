@@ -100,7 +100,7 @@ def check_collapse(ctx: RunContext) -> list[Finding]:
         "and no amount of further training helps; usually the first steps blew the weights into a region where "
         "every unit is saturated or dead.",
         ["lower train.lr (10x, e.g. Adam 1e-3 or less)", "model.softmax_output = false (feed logits to the loss)",
-         "BatchNorm (model.batchnorm = true) and He init (model.init = 'kaiming')", "train.grad_clip = 1.0",
+         "BatchNorm (model.norm = 'batch') and He init (model.init = 'kaiming')", "train.grad_clip = 1.0",
          "a warmup (train.scheduler.warmup_epochs = 2)",
          "if instead the lr is tiny or only an epoch or two ran, the model has not started learning: raise "
          "the lr or train longer"],
@@ -142,7 +142,7 @@ DIVERGENCE_MIN_RISE = 0.25
 @CHECKS.register("divergence")
 def check_divergence(ctx: RunContext) -> list[Finding]:
     """NaN/inf losses (the run failed with a non-finite loss or outputs) or a training loss that rises sharply."""
-    remedies = ["lower train.lr (3-10x)", "train.grad_clip = 1.0", "BatchNorm (model.batchnorm = true)",
+    remedies = ["lower train.lr (3-10x)", "train.grad_clip = 1.0", "BatchNorm (model.norm = 'batch')",
                 "a warmup (train.scheduler.warmup_epochs = 2)", "precision = 'fp32' if mixed precision is on"]
     why = ("Once the loss blows up the weights are garbage: later epochs cannot recover, and the run's best "
            "checkpoint comes from before the blow-up.")
@@ -500,7 +500,7 @@ def check_vanishing(ctx: RunContext) -> list[Finding]:
         f"layer's; at epoch {epoch}: {first[0]} {first[1]:.2e} vs {last[0]} {last[1]:.2e}",
         "The first layers, which extract the features everything else uses, receive almost no gradient and "
         "stay near their random initialisation.",
-        ["ReLU/LeakyReLU instead of sigmoid/tanh (model.activation)", "BatchNorm (model.batchnorm = true)",
+        ["ReLU/LeakyReLU instead of sigmoid/tanh (model.activation)", "BatchNorm (model.norm = 'batch')",
          "He init (model.init = 'kaiming')", "fewer layers or residual connections (resnet18)"],
         {"median_ratio": med, "epoch": epoch, "first_layer": first[0], "last_layer": last[0],
          "ratios": [(r[0], r[1]) for r in ratios]},
@@ -571,7 +571,7 @@ def check_exploding(ctx: RunContext) -> list[Finding]:
         "; ".join(ev),
         "Huge gradients make each step overshoot: the weights jump instead of descending, the loss turns noisy "
         "or NaN, and units saturate or die.",
-        ["train.grad_clip = 1.0", "lower train.lr", "BatchNorm (model.batchnorm = true)",
+        ["train.grad_clip = 1.0", "lower train.lr", "BatchNorm (model.norm = 'batch')",
          "He/Xavier init (model.init)", "a warmup (train.scheduler.warmup_epochs)"],
         data,
     )]

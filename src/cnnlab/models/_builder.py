@@ -179,8 +179,8 @@ def _type_str(ann: Any) -> str:
         return _type_str(args[0])
     if origin is Literal:
         return " | ".join(json.dumps(a) for a in args)
-    if origin in (Union, types.UnionType):
-        return " | ".join(_type_str(a) for a in args)
+    if origin in (Union, types.UnionType):  # an optional key shows its type; its default says "unset"
+        return " | ".join(_type_str(a) for a in args if a is not type(None))
     if origin in (list, dict):
         return f"{origin.__name__}[{', '.join(_type_str(a) for a in args)}]"
     return getattr(ann, "__name__", str(ann))

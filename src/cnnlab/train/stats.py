@@ -7,8 +7,8 @@ Every ``stats_every`` epochs (and always at epoch 1) the ``stats`` callback reco
   Conv/Linear weight and of all parameters together;
 * from a weight snapshot taken at the start of the epoch: each weight's norm and its
   update-to-weight ratio ``||w_end - w_start|| / ||w_start||`` over the epoch;
-* from a fixed probe batch (the first ``probe_size`` training images, at most a tenth of the
-  training split, normalized like training batches, in eval mode without gradients, through temporary forward hooks on the activation
+* from a fixed probe batch (the first ``probe_size`` training images, or all of them when fewer,
+  normalized like training batches, in eval mode without gradients, through temporary forward hooks on the activation
   modules): each activation's mean and std, the share of units (channels of a conv output,
   features of a dense one) that never produce a positive output on the probe batch (ReLU family),
   and the share of outputs pinned within 1 % of the ends of their range (sigmoid/tanh).
@@ -37,11 +37,6 @@ from .device import autocast
 
 if TYPE_CHECKING:  # annotations only: the trainer imports the callbacks' base module
     from .trainer import Trainer
-
-# The probe batch is at most this share of the training split: on a small data set (digits: 1,293
-# training images) 256 probe images would be a sizeable share of an epoch's work; a tenth keeps
-# the statistics' cost small (docs/diagnostics.md).
-PROBE_MAX_SHARE = 0.1
 
 # A unit counts as saturated when its output lies within this share of the activation's range
 # from either end: there the local slope of sigmoid/tanh is below ~4 % of its peak, so almost no
@@ -221,7 +216,10 @@ class TrainingStats(Callback):
     def _probe(self, trainer: "Trainer") -> dict[str, Any]:
         """Activation statistics of the probe batch; the model's train/eval mode is restored."""
         model = trainer.model
-        size = min(self.probe_size, max(1, math.ceil(PROBE_MAX_SHARE * len(trainer.train))))
+        # Not capped at a share of the split: a unit silent on a few dozen images is not shown to be
+        # dead (diagnose's DEAD_MIN_PROBE). On digits, 256 of 1,293 images cost ~7 % of an epoch,
+        # about 10 ms; on any data set worth minutes per epoch, a negligible share.
+        size = min(self.probe_size, len(trainer.train))
         probe = trainer.train.x[:size]  # uint8 (P, C, H, W) on the device, the same images every time
         accs: dict[str, _ActAccumulator] = {}
         calls: dict[str, int] = {}  # a module reused in one forward (resnet's relu) gets one entry per call
