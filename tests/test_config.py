@@ -93,3 +93,50 @@ def test_overrides_leave_the_callers_dict_unchanged():
     out = apply_overrides(raw, {"train.lr": 0.5, "train.scheduler.t_max": 3, "data.augment.hflip": True})
     assert raw == {"train": {"lr": 0.1, "scheduler": "cosine"}}
     assert out["train"] == {"lr": 0.5, "scheduler": {"name": "cosine", "t_max": 3}} and out["data"]["augment"]["hflip"]
+
+
+def test_augment_keys_parse_with_shorthands_and_per_class_tables(tmp_path):
+    cfg = load_config(write(tmp_path, "[data.augment]\nrotation = 15\ntranslate = 0.1\nscale = [0.9, 1.1]\n"
+                                      "brightness = 0.2\nerasing = 0.25\nmixup = 0.2\n"
+                                      "[data.augment.per_class]\nship = { rotation = 20, hue = 0.1 }\n"))
+    aug = cfg.data.augment
+    assert aug.rotation == 15 and aug.translate == (0.1, 0.1) and aug.scale == (0.9, 1.1) and aug.mixup == 0.2
+    assert aug.per_class["ship"].model_fields_set == {"rotation", "hue"}
+    assert aug.cutmix == 0 and aug.vflip == 0 and aug.hue == 0  # the rest stays off
+
+
+def test_augment_defaults_are_off():
+    aug = ExperimentConfig().data.augment
+    assert (aug.rotation, aug.shear, aug.brightness, aug.contrast, aug.saturation, aug.hue) == (0, 0, 0, 0, 0, 0)
+    assert aug.translate == (0, 0) and aug.scale == (1, 1) and aug.per_class == {}
+    assert (aug.grayscale, aug.vflip, aug.erasing, aug.mixup, aug.cutmix) == (0, 0, 0, 0, 0)
+
+
+@pytest.mark.parametrize("text, needles", [
+    ("rotation = 200\n", ["data.augment.rotation", "less than or equal to 180"]),
+    ("hue = 0.6\n", ["data.augment.hue", "0.5"]),
+    ("scale = [1.2, 0.8]\n", ["data.augment.scale", "low (1.2) is above high (0.8)"]),
+    ("translate = [0.1, 2]\n", ["data.augment.translate.1", "less than or equal to 1"]),
+    ("erasing_scale = [0, 0.3]\n", ["data.augment.erasing_scale.0", "greater than 0"]),
+    ("brightness = \"lots\"\n", ["data.augment.brightness", "number"]),
+    ("per_class = { ship = { mixup = 0.2 } }\n", ["data.augment.per_class.ship", "mixup is batch-level",
+                                                 "rotation, translate"]),
+    ("per_class = { ship = { cutmix = 1, hflip = true } }\n", ["cutmix is batch-level", "hflip is set for all"]),
+    ("per_class = { ship = { rotaton = 20 } }\n", ["unknown key 'data.augment.per_class.ship.rotaton'"]),
+    ("per_class = { ship = { rotation = -1 } }\n", ["data.augment.per_class.ship.rotation", "greater than"]),
+])
+def test_bad_augment_keys_name_the_key_path(tmp_path, text, needles):
+    with pytest.raises(UserError) as e:
+        load_config(write(tmp_path, "[data.augment]\n" + text))
+    for n in needles:
+        assert n in str(e.value), (n, str(e.value))
+
+
+def test_per_class_tables_round_trip_with_only_their_own_keys(tmp_path):
+    cfg = load_config(write(tmp_path, "[data.augment]\nrotation = 10\n[data.augment.per_class]\n"
+                                      "cat = { brightness = 0.3 }\ndog = { rotation = 0 }\n"))
+    raw = tomllib.loads(dumps_toml(cfg))
+    assert raw["data"]["augment"]["per_class"] == {"cat": {"brightness": 0.3}, "dog": {"rotation": 0.0}}
+    again = validate_config(raw, "config.toml")
+    assert again.data.augment.per_class["cat"].model_fields_set == {"brightness"}  # cat keeps the global rotation
+    assert dumps_toml(again) == dumps_toml(cfg)

@@ -15,7 +15,8 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_serializer,
+                      field_validator, model_validator)
 
 from .errors import UserError, shown
 
@@ -60,14 +61,115 @@ class Open(BaseModel):
 
 
 # ---------------------------------------------------------------------------------------- data
-class AugmentConfig(Strict):
+def _as_pair(v: Any) -> Any:
+    """One number for a [x, y] setting means the same for both (``translate = 0.1``)."""
+    return (v, v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+
+def _ordered(v: tuple[float, float]) -> tuple[float, float]:
+    """A [low, high] range must not run backwards (a draw from it would be meaningless)."""
+    if v[0] > v[1]:
+        raise ValueError(f"is a range [low, high]: low ({v[0]}) is above high ({v[1]})")
+    return v
+
+
+Probability = Annotated[float, Field(ge=0, le=1)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+ScaleFactor = Annotated[float, Field(gt=0, le=10)]
+AreaFraction = Annotated[float, Field(gt=0, le=1)]
+AspectRatio = Annotated[float, Field(gt=0, le=100)]
+ColorStrength = Annotated[float, Field(ge=0, le=5)]  # ColorJitter's: a factor uniform in [max(0, 1 - v), 1 + v]
+
+
+class SampleAugment(Strict):
+    """The per-image random augmentations after the crop and flip: each draws its own parameters
+    for every image of the batch. These keys may also be set per class (``[data.augment.per_class]``).
+    Every one is off by default."""
+
+    rotation: float = Field(0.0, ge=0, le=180, description="random rotation in degrees, uniform in "
+                            "[-rotation, rotation] (RandomAffine's degrees); 0 = off")
+    translate: Annotated[tuple[Fraction, Fraction], BeforeValidator(_as_pair)] = Field(
+        (0.0, 0.0), description="random shift as a fraction [fx, fy] of the width and height (one number = "
+        "both): uniform in [-fx*W, fx*W] pixels, rounded to whole pixels (RandomAffine's translate); 0 = off")
+    scale: Annotated[tuple[ScaleFactor, ScaleFactor], AfterValidator(_ordered)] = Field(
+        (1.0, 1.0), description="random zoom factor uniform in [low, high], each in (0, 10] (RandomAffine's "
+        "scale); [1, 1] = off")
+    shear: float = Field(0.0, ge=0, le=60, description="random horizontal shear in degrees, uniform in "
+                         "[-shear, shear] (RandomAffine's shear given as one number); 0 = off")
+    brightness: ColorStrength = Field(0.0, description="ColorJitter's brightness: pixel values times a per-image "
+                                      "factor uniform in [max(0, 1 - v), 1 + v], clipped; 0 = off")
+    contrast: ColorStrength = Field(0.0, description="ColorJitter's contrast: a blend with the image's mean gray, "
+                                    "factor as brightness; 0 = off")
+    saturation: ColorStrength = Field(0.0, description="ColorJitter's saturation: a blend with the image's gray "
+                                      "version, factor as brightness; 0 = off (no effect on 1-channel images)")
+    hue: float = Field(0.0, ge=0, le=0.5, description="ColorJitter's hue: a per-image shift of the hue uniform in "
+                       "[-hue, hue] (a full turn is 1); 0 = off (no effect on 1-channel images)")
+    grayscale: Probability = Field(0.0, description="probability that an image is turned to gray (RandomGrayscale; no "
+                                   "effect on 1-channel images)")
+    vflip: Probability = Field(0.0, description="probability that an image is flipped upside down")
+    erasing: Probability = Field(0.0, description="probability that a rectangle of an image is set to 0 (black, "
+                                 "before normalization): RandomErasing / cutout")
+    erasing_scale: Annotated[tuple[AreaFraction, AreaFraction], AfterValidator(_ordered)] = Field(
+        (0.02, 0.33), description="erased area as a fraction of the image, uniform in [low, high]")
+    erasing_ratio: Annotated[tuple[AspectRatio, AspectRatio], AfterValidator(_ordered)] = Field(
+        (0.3, 3.3), description="aspect ratio (height / width) of the erased rectangle, log-uniform in [low, high]")
+
+
+# The [data.augment] keys that cannot differ per class, and why (the message of a per-class table that sets one).
+NOT_PER_CLASS = {
+    "mixup": "batch-level: it mixes pairs of images of any classes",
+    "cutmix": "batch-level: it mixes pairs of images of any classes",
+    "mix_prob": "batch-level: it belongs to mixup and cutmix",
+    "crop_padding": "set for all classes (the crop comes first, on the whole uint8 batch)",
+    "padding_mode": "set for all classes (the crop comes first, on the whole uint8 batch)",
+    "hflip": "set for all classes (the crop comes first, on the whole uint8 batch)",
+    "per_class": "not allowed inside a per-class table",
+}
+
+
+class ClassAugment(SampleAugment):
+    """One class's entry of ``[data.augment.per_class]``: the keys it sets replace the global
+    ``[data.augment]`` values for that class's images; the keys it leaves out keep them."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sample_keys_only(cls, data: Any) -> Any:
+        bad = [k for k in data if k in NOT_PER_CLASS] if isinstance(data, dict) else []
+        if bad:
+            raise ValueError("; ".join(f"{k} is {NOT_PER_CLASS[k]}" for k in bad)
+                             + f"; a class may set only {', '.join(SampleAugment.model_fields)}")
+        return data
+
+
+class AugmentConfig(SampleAugment):
+    """``[data.augment]``: the crop and flips of the uint8 batch, the per-image augmentations of
+    :class:`SampleAugment` with their per-class exceptions, and the batch-level mixup and cutmix
+    (``data.augment.Augmenter`` applies them, in that order)."""
+
     crop_padding: int = Field(0, ge=0, description="random crop after padding by this many pixels; 0 = off")
     padding_mode: Literal["constant", "edge", "reflect", "symmetric"] = Field(
         "constant", description="how the crop's border is filled, as torchvision's RandomCrop: constant (zeros), "
-        "edge (repeat the border pixel), reflect (mirror without repeating the border; airbench's translate), symmetric")
+        "edge (repeat the border pixel), reflect (mirror without repeating the border; airbench's translate), "
+        "symmetric; also the affine's fill outside the image: zeros, the border pixel, and a mirror about the "
+        "image's edge (symmetric) for both reflect and symmetric")
     hflip: bool | Literal["alternate"] = Field(
         False, description="true = random horizontal flip with probability 0.5; \"alternate\" = airbench's scheme: "
         "a random flip per image in epoch 1, then every image flipped the other way than in the epoch before")
+    mixup: float = Field(0.0, ge=0, le=10, description="mixup's alpha: an image is blended with another of the batch, "
+                         "weight lambda ~ Beta(alpha, alpha), and so are the targets; 0 = off")
+    cutmix: float = Field(0.0, ge=0, le=10, description="cutmix's alpha: a box of another image of the batch is pasted "
+                          "in, area ~ Beta(alpha, alpha), targets weighted by the pasted area; 0 = off")
+    mix_prob: Probability = Field(1.0, description="probability that an image is mixed when mixup or cutmix is on "
+                                  "(with both on, each mixed image gets one of them, even odds)")
+    per_class: dict[str, ClassAugment] = Field(
+        default_factory=dict, description="class name -> the per-image settings above that differ for that class's "
+        "images, e.g. { ship = { rotation = 20, brightness = 0.3 } }")
+
+    @field_serializer("per_class")
+    def _only_set_keys(self, v: dict[str, ClassAugment]) -> dict[str, dict[str, Any]]:
+        # A class's table is written back with only the keys it sets: the rest follow the global
+        # values, also after a resolved config is loaded again.
+        return {name: entry.model_dump(mode="json", exclude_unset=True) for name, entry in v.items()}
 
 
 class DataConfig(Strict):
@@ -188,7 +290,7 @@ class DiagnosticsConfig(Strict):
     """Training statistics recorded for ``cnnlab diagnose`` (see docs/diagnostics.md)."""
 
     stats_every: int = Field(1, ge=0, description="record per-layer statistics every N epochs; 0 = off")
-    probe_size: int = Field(256, ge=1, description="images in the fixed probe batch: the first of the training split, at most a tenth of it")
+    probe_size: int = Field(256, ge=1, description="images in the fixed probe batch: the first of the training split (all of it when smaller); dead_relu needs 200")
 
 
 # ------------------------------------------------------------------------------------ transfer
