@@ -293,3 +293,27 @@ def test_git_commit_says_when_the_code_differs_from_the_commit(tmp_path):
     assert rd.git_commit(tmp_path) == head
     (tmp_path / "a.py").write_text("x = 2\n")
     assert rd.git_commit(tmp_path) == head + "+dirty"
+
+
+MIX = {"name": "mix", "seed": 0, "data": {"dataset": "digits", "per_class": 40},
+       "model": {"name": "cnn", "channels": [8], "hidden": [16]}, "train": {"epochs": 2, "device": "cpu"}}
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "focal"])
+def test_a_run_with_every_augmentation_and_mixup_trains(tmp_path, loss):
+    cfg = {**MIX, "train": {**MIX["train"], "loss": {"name": loss}},
+           "data": {**MIX["data"], "augment": {
+               "crop_padding": 1, "hflip": True, "rotation": 10, "translate": 0.1, "brightness": 0.2, "contrast": 0.2,
+               "erasing": 0.25, "mixup": 0.2, "cutmix": 1.0, "per_class": {"3": {"rotation": 25}}}}}
+    run = cnnlab.run(cfg, runs_dir=tmp_path, quiet=True)
+    assert run.status["status"] == "completed"
+    assert all(np.isfinite(h["train_loss"]) for h in run.history)
+    saved = tomllib.loads((run.dir / rd.CONFIG).read_text())
+    assert saved["data"]["augment"]["per_class"] == {"3": {"rotation": 25.0}} and saved["data"]["augment"]["mixup"] == 0.2
+
+
+def test_an_unknown_class_in_per_class_augmentation_is_refused_before_the_run(tmp_path):
+    cfg = {**MIX, "data": {**MIX["data"], "augment": {"per_class": {"eleven": {"rotation": 10}}}}}
+    with pytest.raises(UserError, match=r"data.augment.per_class.*eleven.*0, 1, 2"):
+        cnnlab.run(cfg, runs_dir=tmp_path, quiet=True)
+    assert not list(tmp_path.rglob("run.json"))

@@ -117,7 +117,7 @@ def _assemble(cfg: ExperimentConfig, data: DataSplits, device: torch.device, wor
     """Model (with data-dependent init and transfer), loss, optimizer and scheduler; every check on
     user input that needs them fails here, before any file is written. ``new_run``: a resumed run
     loads its weights from its checkpoint instead (no data-dependent init, no transfer source)."""
-    check_training_setup(cfg, tuple(data.train.x.shape), world)
+    check_training_setup(cfg, tuple(data.train.x.shape), world, data.class_names)
     k = len(data.class_names)
     _check_training_memory(cfg, data, device, world)
     with warnings.catch_warnings(record=True) as caught:

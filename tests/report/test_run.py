@@ -305,3 +305,17 @@ def test_a_new_report_removes_figures_it_no_longer_draws(cnn_run, tmp_path):
     left = {p.stem for p in (d / "figures").glob("*.png")}
     assert "saliency" not in left and "gradcam" not in left and "feature_maps" not in left
     assert "curves" in left  # the figures this page still draws stay
+
+
+def test_augmented_training_images_are_shown_when_augmentation_is_on(cnn_run, tmp_path):
+    assert '<section id="augmentation">' not in page(cnn_run)  # no [data.augment]: no section
+    cfg = copy.deepcopy(CNN) | {"name": "rep_aug"}
+    cfg["train"]["epochs"] = 1
+    cfg["data"]["augment"] = {"crop_padding": 1, "rotation": 20, "brightness": 0.3, "mixup": 0.4}
+    d = cnnlab.run(cfg, runs_dir=tmp_path, quiet=True).dir
+    write_report(d)
+    text = section(page(d), "augmentation")
+    assert "through this run&#39;s augmentation (crop, affine, colour, mixup)" in text or "augmentation (" in text
+    assert "mixed targets" in text and len(inline_pngs(text)) == 1
+    im = Image.open(d / "figures" / "augmentation.png")
+    assert im.width > 100 and im.height > 50

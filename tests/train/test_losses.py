@@ -36,3 +36,21 @@ def test_build_loss_uses_config():
     loss = build_loss(t, np.array([10, 10]))
     assert isinstance(loss, FocalLoss) and loss.gamma == 1.5
     assert torch.equal(loss.weight, torch.tensor([1.0, 2.0]))
+
+
+def test_soft_targets_one_hot_equal_the_labels_loss_and_mixtures_interpolate():
+    torch.manual_seed(0)
+    logits, y = torch.randn(8, 5), torch.randint(0, 5, (8,))
+    one_hot = F.one_hot(y, 5).float()
+    for w in (None, torch.rand(5) + 0.5):
+        focal = FocalLoss(2.0, w, 0.0)
+        if w is None:  # the labels' mean and the soft mean agree when every image weighs 1
+            assert torch.allclose(focal(logits, one_hot), focal(logits, y), atol=1e-6)
+    # mixup's targets: the loss of a 0.3/0.7 mixture is the 0.3/0.7 mixture of the two losses
+    y2 = torch.randint(0, 5, (8,))
+    mixed = 0.3 * one_hot + 0.7 * F.one_hot(y2, 5).float()
+    focal = FocalLoss(2.0, None, 0.0)
+    per = lambda t: focal._soft(F.log_softmax(logits, 1), t)
+    assert torch.allclose(per(mixed), 0.3 * per(one_hot) + 0.7 * per(F.one_hot(y2, 5).float()), atol=1e-6)
+    ce = build_loss(TrainConfig(), np.ones(5))
+    assert torch.allclose(ce(logits, mixed), 0.3 * ce(logits, y) + 0.7 * ce(logits, y2), atol=1e-6)

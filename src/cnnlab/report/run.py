@@ -30,7 +30,7 @@ import torch
 
 from .. import rundir as rd
 from ..config import flatten
-from ..data import DataSplits, Normalizer, load_data
+from ..data import Augmenter, DataSplits, Normalizer, load_data
 from ..errors import UserError
 from ..experiment import load_config
 from ..inference import load_model
@@ -400,6 +400,47 @@ def _choose_examples(y: np.ndarray, prob: np.ndarray, n_wrong: int, per_class: i
         if len(right) >= n_right:
             break
     return wrong, np.asarray(right[:n_right], dtype=np.int64)
+
+
+# Training images shown before and after augmentation (one row each).
+AUGMENT_EXAMPLES = 8
+
+
+@SECTIONS.register("augmentation", summary="training images before and after [data.augment]: what the model saw")
+def section_augmentation(r: RunReport) -> Markup | None:
+    """The first training images, and the same images as one training batch would augment them
+    (the run's [data.augment], per-class settings and mixup/cutmix included, drawn from the run's
+    seed: one draw of what the model saw, not the exact batch of any epoch)."""
+    if r.cfg is None:
+        return None
+    aug = r.cfg.data.augment
+    try:
+        train = r.data().train
+        augmenter = Augmenter(aug, r.class_names, tuple(train.x.shape[1:]), "cpu")
+    except Exception as e:
+        return note(f"augmented images left out: the run's images could not be loaded ({_why(e)}).")
+    if not augmenter.ops:
+        return None
+    x, y = train.x[:AUGMENT_EXAMPLES], train.y[:AUGMENT_EXAMPLES]  # uint8 (n, C, H, W), int64 (n,)
+    gen = torch.Generator().manual_seed(r.cfg.seed)
+    flips = torch.rand(len(x), generator=gen) < 0.5 if aug.hflip == "alternate" else None
+    seen, soft = augmenter(x, y, gen, flips)
+    seen = seen.float().round().clamp(0, 255).to(torch.uint8)  # float 0..255 when a float op is on
+    names = r.class_names
+    caps = [names[int(c)] for c in y]
+    if soft is not None:  # the mixed targets: the two largest shares
+        caps_seen = []
+        for row in soft:
+            top = torch.topk(row, 2)
+            parts = [f"{names[int(i)]} {v:.0%}" for v, i in zip(top.values.tolist(), top.indices.tolist()) if v > 0.005]
+            caps_seen.append("\n".join(parts))
+    else:
+        caps_seen = caps
+    images = torch.cat([x, seen]).numpy()
+    fig = image_grid_figure(images, [_short(c) for c in caps + caps_seen], [False] * len(images), ncols=len(x))
+    return r.page.figure("augmentation", fig, f"Top row: the first {len(x)} training images; bottom row: the same "
+                         f"images through this run's augmentation ({', '.join(augmenter.ops)}), drawn once from the "
+                         "run's seed" + ("; captions give the mixed targets" if soft is not None else "") + ".")
 
 
 def _examples_cfg(r: RunReport) -> tuple[int, int, int]:

@@ -35,7 +35,10 @@ class FocalLoss(nn.Module):
         self.register_buffer("weight", weight if weight is not None else None, persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``target``: labels (B,) int64, or class probabilities (B, K) (mixup/cutmix soft targets)."""
         logp = F.log_softmax(logits.float(), dim=1)  # (B, K)
+        if target.dim() == 2:
+            return self._soft(logp, target.float())
         ce = F.nll_loss(logp, target, reduction="none")  # (B,)
         if self.label_smoothing:
             ce = (1 - self.label_smoothing) * ce - self.label_smoothing * logp.mean(dim=1)
@@ -45,6 +48,17 @@ class FocalLoss(nn.Module):
             w = self.weight[target]
             return (loss * w).sum() / w.sum()
         return loss.mean()
+
+    def _soft(self, logp: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """Focal loss of class probabilities ``p`` (B, K): sum_c w_c p_c (1 - q_c)^gamma (-log q_c),
+        label smoothing mixing ``p`` with the uniform distribution; without smoothing, the same as
+        the labels' loss for one-hot ``p``. Averaged over the images, as torch's cross-entropy averages soft targets."""
+        if self.label_smoothing:
+            p = (1 - self.label_smoothing) * p + self.label_smoothing / p.shape[1]
+        terms = p * (1 - logp.exp()) ** self.gamma * -logp  # (B, K)
+        if self.weight is not None:
+            terms = terms * self.weight[None, :]
+        return terms.sum(dim=1).mean()
 
 
 @LOSSES.register("cross_entropy", summary="cross-entropy on logits, with label smoothing and class weights")

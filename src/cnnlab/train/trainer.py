@@ -24,10 +24,10 @@ import torch
 import torch.nn as nn
 
 from ..config import ExperimentConfig
-from ..data import Normalizer, alternating_flip_mask, augment_batch, max_crop_padding
+from ..data import Augmenter, Normalizer, alternating_flip_mask, max_crop_padding, resolve_class_names
 from ..errors import UserError
 from ..lifecycle import Stop, StopReason
-from ..models import ImageClassifier
+from ..models import ImageClassifier, output_layer
 from .callbacks import Callback
 from .device import CheckedForward, amp_dtype, autocast, compile_model, has_conv, warn_compile
 from .distributed import World, trainable_signature, wrap_model
@@ -64,7 +64,7 @@ class Trainer:
                  freezing: Freezing | None = None):
         self.cfg, self.t = cfg, cfg.train
         self.world = world or World()
-        check_training_setup(cfg, tuple(train.x.shape), self.world)
+        check_training_setup(cfg, tuple(train.x.shape), self.world, meta.get("class_names"))
         self.freezing = freezing
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.scheduler, self.sched_monitor = scheduler, sched_monitor
@@ -97,6 +97,10 @@ class Trainer:
         aug = cfg.data.augment
         self.flip_base = (torch.rand(len(train), device=device, generator=self.gen) < 0.5
                           if aug.hflip == "alternate" else None)
+        # [data.augment]: every training batch's augmentation, built once (per-class tables on the device).
+        # Class names from the run's meta; a bare Trainer (tests, the API) numbers the model's outputs.
+        names = meta.get("class_names") or [str(i) for i in range(_num_outputs(model))]
+        self.augmenter = Augmenter(aug, names, tuple(train.x.shape[1:]), device)
         self.epoch = 0  # completed epochs
         self.history: list[dict[str, Any]] = []
         self.stop: Stop | None = None  # set when the loop is to end before (or at) the planned epochs
@@ -176,7 +180,6 @@ class Trainer:
         for m in self.freezing.bn_eval if self.freezing is not None else ():
             m.eval()
         t, x_all, y_all = self.t, self.train.x, self.train.y
-        aug = self.cfg.data.augment
         world = self.world
         self._follow_trainable_set()
         if world.enabled:
@@ -190,21 +193,26 @@ class Trainer:
             flips = alternating_flip_mask(self.flip_base, idx, self.epoch) if self.flip_base is not None else None
             # The whole global batch is augmented in every process: the generator then draws the same
             # numbers everywhere (and as in one process), so permutations never diverge.
-            xb = augment_batch(x_all[idx], aug.crop_padding, aug.hflip, self.gen, flips, aug.padding_mode)
+            # soft: (B, K) mixed targets under mixup/cutmix, else None (the labels are the targets).
+            xb, soft = self.augmenter(x_all[idx], y_all[idx], self.gen, flips)
             scale: torch.Tensor | float = 1.0
             if world.enabled:
                 lo, hi = world.bounds(len(idx))
-                scale = world.loss_scale(self._loss_weights(y_all[idx]), lo, hi)
+                # Soft targets: every loss averages over the images (see losses.py), so each weighs 1.
+                weights = self._loss_weights(y_all[idx]) if soft is None else torch.ones(len(idx), device=self.device)
+                scale = world.loss_scale(weights, lo, hi)
                 xb, idx = xb[lo:hi], idx[lo:hi]  # this process's share (B_r,)
+                soft = soft[lo:hi] if soft is not None else None
             x = self.norm(xb)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = y_all[idx]
+            target = y if soft is None else soft
             if self._train_unchecked and self._compiled_train is not None:
-                out, loss = self._checked_compiled_step(x, y, scale)
+                out, loss = self._checked_compiled_step(x, target, scale)
             else:
                 forward = self._compiled_train if self._compiled_train is not None else self.train_module
-                out, loss = self._forward_backward(forward, x, y, scale)
+                out, loss = self._forward_backward(forward, x, target, scale)
             if t.grad_clip:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
@@ -255,7 +263,8 @@ class Trainer:
 
     def _forward_backward(self, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
                           y: torch.Tensor, scale: torch.Tensor | float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward, loss and backward of one batch; returns (outputs (B, K), loss ()). ``scale``
+        """Forward, loss and backward of one batch; ``y``: labels (B,) int64, or soft targets (B, K)
+        under mixup/cutmix. Returns (outputs (B, K), loss ()). ``scale``
         multiplies the loss that is backpropagated (a process's share of the global batch); the
         returned loss is the batch's own mean."""
         with autocast(self.device, self.amp):
@@ -415,13 +424,23 @@ def epoch_steps(n: int, batch_size: int, processes: int = 1, drop_last: bool = F
     return max(1, n // batch_size if short_last else math.ceil(n / batch_size))
 
 
-def check_training_setup(cfg: ExperimentConfig, train_shape: tuple[int, ...], world: World) -> None:
+def _num_outputs(model: nn.Module) -> int:
+    """Classes the model scores: the output layer's Linear out_features (Conv2d out_channels)."""
+    layer = output_layer(model)
+    return int(layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels)
+
+
+def check_training_setup(cfg: ExperimentConfig, train_shape: tuple[int, ...], world: World,
+                         class_names: Sequence[str] | None = None) -> None:
     """The settings that depend on the data and the process world, checked before a run directory
-    exists: ``train_shape`` is the training split's (N, C, H, W)."""
+    exists: ``train_shape`` is the training split's (N, C, H, W), ``class_names`` the data's
+    (for ``[data.augment.per_class]``)."""
     if world.enabled and cfg.train.batch_size < world.size:
         raise UserError(f"train.batch_size = {cfg.train.batch_size} is the global batch and must be at least the "
                         f"number of processes ({world.size}): each process trains on its share of it.")
     aug = cfg.data.augment
+    if class_names is not None and aug.per_class:
+        resolve_class_names(list(aug.per_class), class_names)
     side = min(train_shape[-2:]) if len(train_shape) == 4 else 0
     if aug.crop_padding > side:
         raise UserError(f"data.augment.crop_padding = {aug.crop_padding} is larger than the {side}-pixel images: a "
