@@ -381,3 +381,16 @@ def test_every_threshold_is_in_the_docs_table_with_its_value():
     for name, value in code.items():
         assert table[name][0] == pytest.approx(value), name
         assert table[name][1], f"{name} has no unit"
+
+
+@pytest.mark.parametrize("fits", [True, False])
+def test_dead_relu_severity_follows_whether_the_run_fit(tmp_path, fits):
+    stats = [{"epoch": 6, "grad_norm": 1.0, "probe_size": 256, "layers": [],
+              "activations": [{"name": "head.act0", "type": "ReLU", "dead": 0.8, "mean": 0.1, "std": 0.2}]}]
+    ta = [0.9, 0.95, 0.97, 0.98, 0.99, 0.99] if fits else [0.20, 0.21, 0.20, 0.21, 0.20, 0.21]
+    d = write_run(tmp_path / "r", hist([1.0 - 0.1 * e for e in range(6)] if fits else [2.2] * 6, [1.0] * 6, ta,
+                                       [0.95] * 6 if fits else [0.2] * 6),
+                  {"test": split_metrics([0.9] * 10, [0.9] * 10, [20] * 10)}, stats, config="[train]\nepochs = 6\n")
+    dr = by_id(diagnose(d), "dead_relu")
+    assert dr.severity == ("info" if fits else "warning") and dr.data["fit_anyway"] == fits
+    assert ("width to spare" in dr.evidence) == fits

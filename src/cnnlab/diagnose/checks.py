@@ -600,20 +600,28 @@ def check_dead_relu(ctx: RunContext) -> list[Finding]:
         return []
     probe = rec.get("probe_size")
     enough = finite(probe) and probe >= DEAD_MIN_PROBE
+    # Dead units cost the run only when it could not fit its training data (underfitting, a
+    # plateau); a model that fit it has width to spare (a wide head under weight decay and label
+    # smoothing often loses most of its units and still generalizes: examples/seed003_better.toml).
+    hurting = _underfit(ctx) is not None or plateau(ctx) is not None
     layers = ", ".join(f"{n} {d:.0%}" for n, d in dead)
     caveat = "" if enough else (f"; only {probe if finite(probe) else '?'} probe images (fewer than {DEAD_MIN_PROBE}): "
                                 "a unit silent on so few is not shown to be dead (raise diagnostics.probe_size, or "
                                 "train on more images)")
+    if enough and not hurting:
+        caveat = ("; the model fit its training data all the same, so the layer has width to spare: a smaller layer "
+                  "would do, or these remedies if you need its capacity")
     return [Finding(
-        "dead_relu", "warning" if enough else "info", "many ReLU units are dead" if enough else "many ReLU units "
-        "were silent on a small probe batch",
+        "dead_relu", "warning" if enough and hurting else "info",
+        "many ReLU units are dead" if enough else "many ReLU units were silent on a small probe batch",
         f"at epoch {rec['epoch']}, share of units never active on the {probe if finite(probe) else '?'}-image "
         f"probe batch: {layers}{caveat}",
         "A ReLU unit that never fires gets zero gradient and never comes back: the layer works with a fraction "
         "of its width.",
         ["lower train.lr (large steps push biases negative)", "LeakyReLU (model.activation = 'leaky_relu')",
          "He init (model.init = 'kaiming')", "BatchNorm before the activation"],
-        {"epoch": rec["epoch"], "layers": dict(dead), "probe_size": probe, "enough_images": enough},
+        {"epoch": rec["epoch"], "layers": dict(dead), "probe_size": probe, "enough_images": enough,
+         "fit_anyway": not hurting},
     )]
 
 
