@@ -54,3 +54,23 @@ def test_soft_targets_one_hot_equal_the_labels_loss_and_mixtures_interpolate():
     assert torch.allclose(per(mixed), 0.3 * per(one_hot) + 0.7 * per(F.one_hot(y2, 5).float()), atol=1e-6)
     ce = build_loss(TrainConfig(), np.ones(5))
     assert torch.allclose(ce(logits, mixed), 0.3 * ce(logits, y) + 0.7 * ce(logits, y2), atol=1e-6)
+
+
+def test_one_hot_soft_targets_with_class_weights_give_the_labels_loss():
+    """Mixup switched on without mixing anything must not change the loss: torch divides soft
+    targets by the batch size, labels by the batch's class-weight mass (12.09 against 2.30 here)."""
+    w = torch.arange(1.0, 11.0)
+    logits, y = torch.randn(4, 10), torch.tensor([0, 3, 5, 9])
+    one_hot = F.one_hot(y, 10).float()
+    for smoothing in (0.0, 0.1):
+        ce = build_loss(TrainConfig(class_weights=w.tolist(), label_smoothing=smoothing), np.ones(10))
+        assert torch.allclose(ce(logits, one_hot), ce(logits, y), atol=1e-5)
+    focal = FocalLoss(2.0, w, 0.0)
+    assert torch.allclose(focal(logits, one_hot), focal(logits, y), atol=1e-5)
+
+
+def test_focal_gradients_stay_finite_when_a_probability_rounds_to_one():
+    for target in (torch.tensor([[0.0, 0.6, 0.4, 0.0]]), torch.tensor([0])):  # confidently wrong / right
+        logits = torch.tensor([[30.0, 0.0, 0.0, 0.0]], requires_grad=True)
+        FocalLoss(0.5, None, 0.0)(logits, target).backward()
+        assert torch.isfinite(logits.grad).all()

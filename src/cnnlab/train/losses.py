@@ -42,28 +42,50 @@ class FocalLoss(nn.Module):
         ce = F.nll_loss(logp, target, reduction="none")  # (B,)
         if self.label_smoothing:
             ce = (1 - self.label_smoothing) * ce - self.label_smoothing * logp.mean(dim=1)
-        p_true = logp.gather(1, target[:, None]).squeeze(1).exp()
-        loss = (1 - p_true) ** self.gamma * ce
+        loss = _focal_factor(logp.gather(1, target[:, None]).squeeze(1), self.gamma) * ce
         if self.weight is not None:
             w = self.weight[target]
             return (loss * w).sum() / w.sum()
         return loss.mean()
 
     def _soft(self, logp: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        """Focal loss of class probabilities ``p`` (B, K): sum_c w_c p_c (1 - q_c)^gamma (-log q_c),
-        label smoothing mixing ``p`` with the uniform distribution; without smoothing, the same as
-        the labels' loss for one-hot ``p``. Averaged over the images, as torch's cross-entropy averages soft targets."""
+        """Focal loss of class probabilities ``p`` (B, K): sum_c w_c p'_c (1 - q_c)^gamma (-log q_c)
+        with p' = ``p`` mixed with the uniform distribution by label smoothing, divided like the
+        labels' loss by the batch's class-weight mass sum_i w . p_i; for one-hot ``p`` without
+        smoothing, exactly the labels' loss."""
+        q = p
         if self.label_smoothing:
-            p = (1 - self.label_smoothing) * p + self.label_smoothing / p.shape[1]
-        terms = p * (1 - logp.exp()) ** self.gamma * -logp  # (B, K)
-        if self.weight is not None:
-            terms = terms * self.weight[None, :]
-        return terms.sum(dim=1).mean()
+            q = (1 - self.label_smoothing) * p + self.label_smoothing / p.shape[1]
+        terms = q * _focal_factor(logp, self.gamma) * -logp  # (B, K)
+        if self.weight is None:
+            return terms.sum(dim=1).mean()
+        return (terms * self.weight[None, :]).sum() / (p @ self.weight).sum()
+
+
+def _focal_factor(logp: torch.Tensor, gamma: float) -> torch.Tensor:
+    """(1 - q)^gamma from log-probabilities. 1 - q is computed as -expm1(log q) and kept above 1e-12:
+    where float32 rounds q to exactly 1, 0^gamma with gamma < 1 has an infinite derivative, which
+    autograd turns into NaN weights even for a class whose target is 0."""
+    return (-torch.expm1(logp)).clamp_min(1e-12) ** gamma
+
+
+class CrossEntropy(nn.CrossEntropyLoss):
+    """torch's cross-entropy, with class probabilities (mixup/cutmix) divided like labels: a
+    class-weighted mean over the batch's weight mass sum_i w . p_i (torch divides soft targets by
+    the batch size instead, which scales the loss by the batch's mean class weight as soon as
+    mixup is on, even for one-hot targets)."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.dim() != 2 or self.weight is None:
+            return super().forward(logits, target)
+        per = F.cross_entropy(logits, target, weight=self.weight, label_smoothing=self.label_smoothing,
+                              reduction="none")  # (B,)
+        return per.sum() / (target @ self.weight).sum()
 
 
 @LOSSES.register("cross_entropy", summary="cross-entropy on logits, with label smoothing and class weights")
 def _cross_entropy(params, weight, label_smoothing):
-    return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+    return CrossEntropy(weight=weight, label_smoothing=label_smoothing)
 
 
 @LOSSES.register("focal", params=FocalParams, summary="focal loss (gamma) for hard or rare classes")

@@ -198,8 +198,7 @@ class Trainer:
             scale: torch.Tensor | float = 1.0
             if world.enabled:
                 lo, hi = world.bounds(len(idx))
-                # Soft targets: every loss averages over the images (see losses.py), so each weighs 1.
-                weights = self._loss_weights(y_all[idx]) if soft is None else torch.ones(len(idx), device=self.device)
+                weights = self._loss_weights(y_all[idx] if soft is None else soft)
                 scale = world.loss_scale(weights, lo, hi)
                 xb, idx = xb[lo:hi], idx[lo:hi]  # this process's share (B_r,)
                 soft = soft[lo:hi] if soft is not None else None
@@ -234,10 +233,13 @@ class Trainer:
         return float(loss_sum) / n, float(correct) / n
 
     def _loss_weights(self, y: torch.Tensor) -> torch.Tensor:
-        """(B,) each image's weight in the loss's mean over a batch with labels ``y``: its class
-        weight for a class-weighted loss (cross-entropy and focal divide by the sum of these), else 1."""
+        """(B,) each image's weight in the loss's mean over a batch with labels ``y`` (B,) or soft
+        targets (B, K): its class weight (soft: the target-weighted class weight) for a
+        class-weighted loss (cross-entropy and focal divide by the sum of these), else 1."""
         w = loss_class_weights(self.loss_fn)
-        return w[y].float() if w is not None else torch.ones(len(y), device=y.device)
+        if w is None:
+            return torch.ones(len(y), device=y.device)
+        return (y.float() @ w.float()) if y.dim() == 2 else w[y].float()
 
     def _follow_trainable_set(self) -> None:
         """Before each epoch, when the set of trainable parameters changed (an unfreeze schedule,
