@@ -394,3 +394,11 @@ def test_dead_relu_severity_follows_whether_the_run_fit(tmp_path, fits):
     dr = by_id(diagnose(d), "dead_relu")
     assert dr.severity == ("info" if fits else "warning") and dr.data["fit_anyway"] == fits
     assert ("width to spare" in dr.evidence) == fits
+
+
+def test_two_epochs_are_too_few_to_call_a_model_flat(tmp_path):
+    d = write_run(tmp_path / "r", hist([2.3, 2.3], [2.3, 2.3], [0.11, 0.08], [0.1, 0.1]),
+                  {"test": split_metrics([0.1] * 10, [0.6] * 10, [20] * 10)}, config="[train]\nepochs = 2\n")
+    u = by_id(diagnose(d), "underfitting")
+    assert u.data["too_few_epochs"] and "too few to tell" in u.evidence and "flat" not in u.evidence
+    assert any("train longer" in r for r in u.remedies)

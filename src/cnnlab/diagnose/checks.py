@@ -331,7 +331,8 @@ def _underfit(ctx: RunContext) -> dict[str, Any] | None:
     s = ctx.series("train_acc")[-(UNDERFIT_TREND_EPOCHS + 1):]
     slope = _slope(s)
     return {"train_accuracy": best, "what": what, "limit": limit, "slope_per_epoch": slope, "epochs": len(s) - 1,
-            "improving": slope >= UNDERFIT_IMPROVING, "cut_short": _cut_short(ctx)}
+            "improving": slope >= UNDERFIT_IMPROVING, "cut_short": _cut_short(ctx),
+            "too_few_epochs": len(ctx.series("train_acc")) < UNDERFIT_TREND_EPOCHS + 1}
 
 
 @CHECKS.register("underfitting")
@@ -342,10 +343,12 @@ def check_underfitting(ctx: RunContext) -> list[Finding]:
     if u is None:
         return []
     k, slope, n = ctx.num_classes, u["slope_per_epoch"], u["epochs"]
-    trend = (f"still rising {slope:+.1%} per epoch over the last {n} epochs" if u["improving"]
-             else f"flat over the last {n} epochs ({slope:+.1%} per epoch)" if n >= 1 else "one epoch only")
+    few = u["too_few_epochs"]
+    trend = (f"after only {n + 1} epoch{'s' if n else ''}, too few to tell whether it is still learning" if few
+             else f"still rising {slope:+.1%} per epoch over the last {n} epochs" if u["improving"]
+             else f"flat over the last {n} epochs ({slope:+.1%} per epoch)")
     cut = u["cut_short"]
-    if u["improving"] or cut:
+    if u["improving"] or cut or few:
         title = (f"the run {cut.split(' (')[0]} while the model was still learning" if cut and u["improving"]
                  else "the model has not fit the training data yet")
         remedies = ["train longer: cnnlab resume RUN_DIR --epochs N, or a larger train.epochs",

@@ -408,7 +408,7 @@ AUGMENT_EXAMPLES = 8
 
 @SECTIONS.register("augmentation", summary="training images before and after [data.augment]: what the model saw")
 def section_augmentation(r: RunReport) -> Markup | None:
-    """The first training images, and the same images as one training batch would augment them
+    """Training images (the first of each class), and the same images as one batch would augment them
     (the run's [data.augment], per-class settings and mixup/cutmix included, drawn from the run's
     seed: one draw of what the model saw, not the exact batch of any epoch)."""
     if r.cfg is None:
@@ -421,7 +421,11 @@ def section_augmentation(r: RunReport) -> Markup | None:
         return note(f"augmented images left out: the run's images could not be loaded ({_why(e)}).")
     if not augmenter.ops:
         return None
-    x, y = train.x[:AUGMENT_EXAMPLES], train.y[:AUGMENT_EXAMPLES]  # uint8 (n, C, H, W), int64 (n,)
+    # One image of each class first (a split is often sorted by class), then the next ones.
+    firsts = [int(i) for i in np.unique(train.y.numpy(), return_index=True)[1]][:AUGMENT_EXAMPLES]
+    rest = [i for i in range(min(len(train), 4 * AUGMENT_EXAMPLES)) if i not in firsts]
+    rows = torch.tensor((firsts + rest)[:AUGMENT_EXAMPLES], dtype=torch.long)
+    x, y = train.x[rows], train.y[rows]  # uint8 (n, C, H, W), int64 (n,)
     gen = torch.Generator().manual_seed(r.cfg.seed)
     flips = torch.rand(len(x), generator=gen) < 0.5 if aug.hflip == "alternate" else None
     seen, soft = augmenter(x, y, gen, flips)
@@ -438,7 +442,8 @@ def section_augmentation(r: RunReport) -> Markup | None:
         caps_seen = caps
     images = torch.cat([x, seen]).numpy()
     fig = image_grid_figure(images, [_short(c) for c in caps + caps_seen], [False] * len(images), ncols=len(x))
-    return r.page.figure("augmentation", fig, f"Top row: the first {len(x)} training images; bottom row: the same "
+    return r.page.figure("augmentation", fig, f"Top row: {len(x)} training images (the first of each class); bottom "
+                         "row: the same "
                          f"images through this run's augmentation ({', '.join(augmenter.ops)}), drawn once from the "
                          "run's seed" + ("; captions give the mixed targets" if soft is not None else "") + ".")
 
