@@ -1,5 +1,6 @@
 """Every bad input exits 2 with one clear paragraph and no traceback."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -117,7 +118,11 @@ def test_run_then_list_evaluate_predict_through_the_cli(tmp_path, capsys):
     code, out, _ = run_main(capsys, ["runs", "--runs-dir", str(tmp_path / "runs")])
     assert code == 0 and "cli" in out and "digits" in out
     code, out, _ = run_main(capsys, ["evaluate", str(run_dir), "--split", "test", "--json"])
-    assert code == 0 and '"accuracy"' in out
+    assert code == 0 and '"accuracy"' in out and "saved:" not in out  # --json: stdout is the JSON alone
+    json.loads(out)
+    code, out, _ = run_main(capsys, ["evaluate", str(run_dir), "--split", "test"])
+    saved = out.strip().splitlines()[-1].removeprefix("saved: ")
+    assert code == 0 and Path(saved).parent == run_dir / "evaluations" and Path(saved).is_file()
     from PIL import Image
 
     img = tmp_path / "x.png"

@@ -81,11 +81,13 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", overrides: list[str]
         out[name] = compute_metrics(split.y.numpy(), probs, meta["class_names"], loss)
     record = {"checkpoint": checkpoint, "epoch": state["epoch"], "overrides": overrides or [], "metrics": out}
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    rd.atomic_write_json(run_dir / rd.EVALUATIONS / f"{stamp}.json", record)
+    saved = run_dir / rd.EVALUATIONS / f"{stamp}.json"
+    rd.atomic_write_json(saved, record)
     if not quiet:
         for name, m in out.items():
             print(f"\n{name}: accuracy {m['accuracy']:.4f}  loss {m['loss']:.4f}  (n={m['n']})")
             print(classification_report(m))
+        print(f"\nsaved: {saved}")  # the run directory gains a file: say which
     return out
 
 
