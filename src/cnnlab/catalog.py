@@ -8,12 +8,45 @@ files only (no torch).
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import rundir as rd
+from .config import flatten, parse_toml
 from .errors import UserError
 from .lifecycle import read_status, shown_status
+
+# Folders inside a run or sweep that never hold runs: not walked when looking for runs.
+_INTERNAL = {rd.CHECKPOINTS, rd.PREDICTIONS, rd.FIGURES, rd.EVALUATIONS, rd.TENSORBOARD, "mlruns"}
+# How deep below the given folder runs are looked for: runs/<name>/<stamp> is 2,
+# sweeps/<name>/<stamp>/trials/<trial>/<stamp> is 5.
+MAX_DEPTH = 6
+
+
+def find_dirs(root: str | Path, marker: str, max_depth: int = MAX_DEPTH) -> list[Path]:
+    """Folders under ``root`` (itself included) holding the file ``marker``, at most ``max_depth``
+    deep, in sorted order, without descending into a run's own folders (checkpoints/, ...) or
+    hidden ones."""
+    root = Path(root)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        depth = len(Path(dirpath).relative_to(root).parts)
+        dirnames[:] = sorted(d for d in dirnames if d not in _INTERNAL and not d.startswith(".")) \
+            if depth < max_depth else []
+        if marker in filenames:
+            found.append(Path(dirpath))
+    return found
+
+
+def find_runs(root: str | Path) -> list[Path]:
+    """Every run directory under ``root`` at any depth (up to MAX_DEPTH): runs/, a sweep's trials,
+    a copied folder, or ``root`` itself. The one discovery that ``cnnlab runs`` and the runs index
+    share."""
+    return [d for d in find_dirs(root, rd.STATUS) if rd.is_run_dir(d)]
 
 
 @dataclass
@@ -30,6 +63,16 @@ class RunSummary:
     test_acc: float | None
     status: str
     damaged: str | None = None
+    config: dict[str, Any] | None = None  # config.toml flattened to key paths; None when unreadable
+
+    @property
+    def fingerprint(self) -> str:
+        """The run's settings minus its seed, hashed: runs with the same fingerprint repeat one
+        experiment with other seeds (what ``cnnlab runs --group`` pools)."""
+        if self.config is None:
+            return f"unreadable:{self.dir}"
+        same = {k: v for k, v in self.config.items() if k != "seed"}
+        return hashlib.sha256(json.dumps(same, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def summarize(d: Path) -> RunSummary:
@@ -47,6 +90,10 @@ def summarize(d: Path) -> RunSummary:
         row.test_acc = float(acc) if acc is not None else None
     except UserError as e:
         row.status, row.damaged = "damaged", _reason(e, d)
+    try:
+        row.config = flatten(parse_toml(rd.text_file(d / rd.CONFIG), str(d / rd.CONFIG)))
+    except UserError:  # only --group reads it: such a run is a group of its own
+        row.config = None
     return row
 
 

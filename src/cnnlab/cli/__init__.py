@@ -89,9 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--new", action="store_true", help="start a new sweep instead of continuing the same one")
     r.add_argument("-q", "--quiet", action="store_true", help="no per-trial lines and no table")
 
-    r = add("runs", "list runs: name, date, data set, model, best val and test accuracy")
+    r = add("runs", "list runs (under --runs-dir at any depth): name, date, data set, model, best val and test accuracy")
     r.add_argument("--runs-dir", default="runs")
-    r.add_argument("--group", action="store_true", help="one row per run name: n and mean ± std over its runs")
+    r.add_argument("--group", action="store_true", help="one row per setting (the resolved config minus the seed): n and "
+                                                        "mean ± std over its seeds, and the keys that differ between "
+                                                        "groups of the same name")
     r.add_argument("--html", action="store_true", help="also write RUNS_DIR/index.html linking every run's report")
 
     r = add("report", "write report.html (and figures/) for a run or sweep directory")

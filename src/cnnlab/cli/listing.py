@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import warnings
@@ -12,10 +13,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .. import rundir as rd
 from ..errors import UserError, printable
 from ..data import DATASETS
-from ..catalog import summarize
+from ..catalog import RunSummary, find_runs, summarize
 from ..models import build_model, describe_models
 from ..report import write_runs_index
 
@@ -30,29 +30,25 @@ def cmd_runs(a: argparse.Namespace) -> None:
     if root.exists() and not root.is_dir():
         raise UserError(f"--runs-dir {str(root)!r} is a file, not a folder of runs; give the folder that "
                         f"`cnnlab run --runs-dir` wrote into (default: runs).")
-    rows = []
-    damaged = []
-    for status_file in sorted(root.glob(f"*/*/{rd.STATUS}")):
-        s = summarize(status_file.parent)
-        if s.damaged:
-            damaged.append(s)
-        rows.append((s.name, s.started, s.dataset, s.model, _acc(s.best_val_acc), _acc(s.test_acc), s.status, str(s.dir)))
+    summaries = [summarize(d) for d in find_runs(root)] if root.is_dir() else []  # any depth: runs/, sweeps/, copies
     if a.html:
         print(f"index: {write_runs_index(root)}")
-    if not rows:
+    if not summaries:
         print(f"no runs under {root}/ (start one with `cnnlab run EXPERIMENT.toml`).")
         return
     if a.group:
-        _print_groups(rows, root)
+        _print_groups(summaries, root)
         return
     table = Table(title=f"runs in {root}/")
     for col in ("name", "date", "data set", "model", "best val acc", "test acc", "status", "directory"):
         table.add_column(col, overflow="fold")
-    for r in rows:
-        table.add_row(*map(_cell, r))
+    for s in summaries:
+        table.add_row(*map(_cell, (s.name, s.started, s.dataset, s.model, _acc(s.best_val_acc), _acc(s.test_acc),
+                                   s.status, str(s.dir))))
     _console().print(table)
-    for s in damaged:
-        print(printable(f"damaged: {s.dir}: {s.damaged}"))
+    for s in summaries:
+        if s.damaged:
+            print(printable(f"damaged: {s.dir}: {s.damaged}"))
 
 
 def _cell(value: str) -> Text:
@@ -65,26 +61,43 @@ def _acc(v: float | None) -> str:
     return f"{v:.4f}" if v is not None else "-"
 
 
-def _print_groups(rows: list[tuple], root: Path) -> None:
-    """Completed runs grouped by name: n and mean ± std (sample std) of best val and test accuracy."""
-    groups: dict[str, list[tuple]] = {}
-    for r in rows:
-        if r[6] == "completed":
-            groups.setdefault(r[0], []).append(r)
+def _print_groups(summaries: list[RunSummary], root: Path) -> None:
+    """Completed runs grouped by fingerprint (the resolved config minus the seed): n and mean ± std
+    (sample std) of best val and test accuracy. Groups that share a name but not their settings get
+    the keys that differ between them."""
+    groups: dict[str, list[RunSummary]] = {}
+    for s in summaries:
+        if s.status == "completed":
+            groups.setdefault(s.fingerprint, []).append(s)
 
-    def stat(values: list[str]) -> str:
-        xs = [float(v) for v in values if v != "-"]
+    def stat(values: list[float | None]) -> str:
+        xs = [v for v in values if v is not None]
         if not xs:
             return "-"
         sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
         return f"{100 * statistics.fmean(xs):.2f} ± {100 * sd:.2f} %"
 
-    table = Table(title=f"completed runs in {root}/ by name (mean ± sample std)")
-    for col in ("name", "n", "best val acc", "test acc"):
-        table.add_column(col)
-    for name, rs in groups.items():
-        table.add_row(_cell(name), str(len(rs)), stat([r[4] for r in rs]), stat([r[5] for r in rs]))
+    by_name: dict[str, list[list[RunSummary]]] = {}
+    for runs in groups.values():
+        by_name.setdefault(runs[0].name, []).append(runs)
+    table = Table(title=f"completed runs in {root}/ by settings (mean ± sample std over seeds)")
+    for col in ("name", "n", "best val acc", "test acc", "settings that differ from its namesakes"):
+        table.add_column(col, overflow="fold")
+    for name, same_name in by_name.items():
+        for runs in same_name:
+            table.add_row(_cell(name), str(len(runs)), stat([r.best_val_acc for r in runs]),
+                          stat([r.test_acc for r in runs]), _cell(_differing(runs[0], [g[0] for g in same_name])))
     _console().print(table)
+
+
+def _differing(run: RunSummary, others: list[RunSummary]) -> str:
+    """``key=value`` of the settings (seed aside) in which ``run``'s group differs from the other
+    groups of the same name; "" when it is the only one."""
+    if len(others) < 2 or run.config is None:
+        return "" if len(others) < 2 else "config.toml unreadable"
+    keys = set().union(*(o.config or {} for o in others)) - {"seed"}
+    differ = sorted(k for k in keys if len({json.dumps((o.config or {}).get(k), default=str) for o in others}) > 1)
+    return ", ".join(f"{k}={json.dumps(run.config.get(k), default=str)}" for k in differ) or "(same settings)"
 
 
 def cmd_models(a: argparse.Namespace) -> None:

@@ -7,20 +7,8 @@ from pathlib import Path
 
 from .. import rundir as rd
 from ..errors import UserError
-from ..catalog import summarize
+from ..catalog import find_dirs, find_runs, summarize
 from .html import Markup, Page, esc, fmt, href, note, table, tag
-
-
-def _find(root: Path, marker: str, max_depth: int = 6) -> list[Path]:
-    """Folders under ``root`` (itself included) holding ``marker``, at most ``max_depth`` deep,
-    without descending into checkpoints/, predictions/ or figures/."""
-    found, skip = [], {rd.CHECKPOINTS, rd.PREDICTIONS, rd.FIGURES, rd.EVALUATIONS, rd.TENSORBOARD, "mlruns"}
-    for dirpath, dirnames, filenames in os.walk(root):
-        depth = len(Path(dirpath).relative_to(root).parts)
-        dirnames[:] = sorted(d for d in dirnames if d not in skip and not d.startswith(".")) if depth < max_depth else []
-        if marker in filenames:
-            found.append(Path(dirpath))
-    return found
 
 
 def write_runs_index(root: str | Path) -> Path:
@@ -32,9 +20,7 @@ def write_runs_index(root: str | Path) -> Path:
         raise UserError(f"runs folder {str(root)!r} {problem} (give --runs-dir DIR).")
     rd.writable_dir(root, "--runs-dir")  # index.html goes there
     rows = []
-    for d in _find(root, rd.STATUS):
-        if not rd.is_run_dir(d):
-            continue
+    for d in find_runs(root):
         s = summarize(d)
         rel = Path(os.path.relpath(d, root)).as_posix()
         link = tag("a", "report", href=href(d / rd.REPORT, root)) if (d / rd.REPORT).exists() \
@@ -47,14 +33,14 @@ def write_runs_index(root: str | Path) -> Path:
     head = ["name", "date", "data set", "model", "best val acc", "test acc", "status", "directory", "report"]
     sections = [("runs", f"Runs ({len(rows)})", table(head, [r for _, r in rows]) if rows else
                  note(f"no runs under {root} (start one with `cnnlab run EXPERIMENT.toml`)."))]
-    sweeps = [d for d in _find(root, rd.SWEEP_JSON)]
+    sweeps = [d for d in find_dirs(root, rd.SWEEP_JSON)]
     if sweeps:
         srows = []
         for d in sorted(sweeps):
             link = tag("a", "report", href=href(d / rd.REPORT, root)) if (d / rd.REPORT).exists() else "no report yet"
             srows.append([Path(os.path.relpath(d, root)).as_posix(), link])
         sections.append(("sweeps", "Sweeps", table(["directory", "report"], srows)))
-    compares = sorted(_find(root, rd.COMPARE))
+    compares = sorted(find_dirs(root, rd.COMPARE))
     if compares:
         sections.append(("comparisons", "Comparisons", table(
             ["directory", "page"], [[Path(os.path.relpath(d, root)).as_posix(),
