@@ -93,3 +93,20 @@ def test_compare_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     (tmp_path / "x").mkdir()
     assert main(["compare", str(tmp_path / "x")]) == 2
     assert "not a cnnlab run directory" in capsys.readouterr().err
+
+
+def test_the_settings_that_differ_head_the_table(two_runs, tmp_path, capsys):
+    from cnnlab.report.compare import differing_settings, table_rows
+
+    rows = compare_rows(list(two_runs))
+    keys = differing_settings(rows)
+    assert "model.name" in keys and "model.channels" in keys and "model.hidden_size" in keys
+    assert "name" not in keys and "seed" not in keys and "train.epochs" not in keys  # the same in both
+    _, body = table_rows(rows, 10)
+    by_label = {r[0]: r[1:] for r in body}
+    assert by_label["config: model.name"] == ["cnn", "mlp"]
+    assert by_label["config: model.channels"] == ["[8]", "-"]  # the MLP has no such key
+    assert main(["compare", *map(str, two_runs), "--out", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert "config: model.name" in out and "config: model.hidden_size" in out
+    assert "config: model.name" in (tmp_path / "c" / COMPARE).read_text()

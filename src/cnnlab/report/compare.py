@@ -1,6 +1,7 @@
 """Runs side by side: ``cnnlab compare RUN_DIR... [--out DIR]``.
 
-``compare_rows(run_dirs)`` reads each run directory once into a flat summary (accuracy per split,
+``compare_rows(run_dirs)`` reads each run directory once into a flat summary (the config keys that
+differ between the runs, accuracy per split,
 macro precision/recall/F1 and per-class accuracy on the test split, parameters, training time,
 images/s), taking every metric from the run's metrics.json as it is (nothing is recomputed).
 ``print_compare`` prints them as one table with a column per run; ``write_compare`` writes
@@ -14,12 +15,14 @@ common to all runs when they come from different roots).
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from .. import rundir as rd
+from ..config import flatten, parse_toml
 from ..errors import UserError
 from ..lifecycle import read_status, shown_status
 from .html import Page, fmt, fmt_seconds, href, join, note, table, tag
@@ -30,6 +33,8 @@ from .run import parameter_count
 # PAGE_MAX_CLASSES and draws bars up to BARS_MAX_CLASSES); metrics.json has them all.
 PRINT_MAX_CLASSES = 20
 PAGE_MAX_CLASSES = 200
+# Config keys shown where they differ between the runs (the name aside: it labels the columns).
+MAX_SETTINGS = 40
 BARS_MAX_CLASSES = 40
 HEADLINE_SPLIT = "test"  # the split of the macro and per-class columns: the one runs are judged by
 
@@ -41,7 +46,8 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
     ({class name: test recall, i.e. the share of that class's test images classified right}),
     ``params``/``trainable_params`` (counted on the model built from the best checkpoint),
     ``train_seconds`` (run.json, else the sum of history.jsonl's ``seconds``), ``images_per_s``
-    (mean of history.jsonl's per-epoch ``images_per_s``) and ``history``. Missing values are None."""
+    (mean of history.jsonl's per-epoch ``images_per_s``), ``history`` and ``config`` (config.toml
+    as key paths; the settings that differ between runs head the table). Missing values are None."""
     d = rd.require_run_dir(run_dir)
     st = read_status(d, strict=True)
     history = rd.read_history(d)
@@ -69,7 +75,28 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
         else (float(sum(secs)) if secs else None),
         "images_per_s": sum(ips) / len(ips) if ips else None,
         "history": history,
+        "config": _config(d),
     }
+
+
+def _config(d: Path) -> dict[str, Any] | None:
+    """The run's config.toml as key paths (``train.lr``), or None when it cannot be read."""
+    try:
+        return flatten(parse_toml(rd.text_file(d / rd.CONFIG), str(d / rd.CONFIG)))
+    except UserError:
+        return None
+
+
+def differing_settings(rows: list[dict[str, Any]]) -> list[str]:
+    """The config keys (``data.augment.hflip``) whose values are not the same in every run, the
+    name aside, in key order: the settings the comparison is about."""
+    configs = [r.get("config") or {} for r in rows]
+    keys = sorted(set().union(*configs) - {"name"})
+    return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
+
+
+def _setting(value: Any) -> str:
+    return "-" if value is None else json.dumps(value, default=str) if not isinstance(value, str) else value
 
 
 def compare_rows(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
@@ -108,6 +135,8 @@ def table_rows(rows: list[dict[str, Any]], max_classes: int) -> tuple[list[str],
         line("data set", "dataset", lambda v: v or "-"),
         line("status", "status", lambda v: v or "-"),
         line("epochs", "epochs"),
+        *[[f"config: {k}", *[_setting((r.get("config") or {}).get(k)) for r in rows]]
+          for k in differing_settings(rows)[:MAX_SETTINGS]],
         line("train accuracy", "train_acc"),
         line("val accuracy", "val_acc"),
         line("test accuracy", "test_acc"),
