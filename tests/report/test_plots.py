@@ -109,3 +109,12 @@ def test_comparison_and_sweep_figures_decode():
     assert params.axes[0].get_xscale() == "log"
     assert [t.get_text() for t in params.axes[1].get_xticklabels()] == ["cnn", "mlp"]
     decode(params)
+
+
+def test_the_objective_plot_numbers_trials_as_the_table_does():
+    """Trial ids start at 0 and skip failed ones: the best, trial 2, sits at x = 2 (not 3)."""
+    fig = plots.sweep_history_figure([0.5, 0.9, 0.7], "maximize", "val_acc", trials=[0, 2, 3])
+    ax = fig.axes[0]
+    assert list(ax.lines[0].get_xdata()) == [0, 2, 3] and "numbered in the table" in ax.get_xlabel()
+    stages = plots.sweep_history_figure([0.5, 0.9, 0.7], "maximize", "val_acc", trials=[0, 0, 1])  # repeats
+    assert list(stages.axes[0].lines[0].get_xdata()) == [0, 1, 2] and "from 0" in stages.axes[0].get_xlabel()

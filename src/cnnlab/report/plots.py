@@ -351,20 +351,25 @@ def grouped_bars_figure(categories: list[str], values: dict[str, list[float | No
     return fig
 
 
-def sweep_history_figure(values: list[float], direction: str, metric: str, title: str = "") -> Figure:
-    """A sweep's objective per completed trial, in the order they finished, and the best so far."""
+def sweep_history_figure(values: list[float], direction: str, metric: str, title: str = "",
+                         trials: list[int] | None = None) -> Figure:
+    """A sweep's objective per completed trial, in trial order, and the best so far. ``trials``:
+    the trial numbers of ``values`` as the sweep's table shows them (from 0, with gaps where a
+    trial failed or was pruned); without them (or when they repeat, as across the stages of a
+    sequential sweep) the x axis counts the completed trials from 0."""
     import numpy as np
 
     y = np.asarray(values, dtype=np.float64)
     best = np.maximum.accumulate(y) if direction == "maximize" else np.minimum.accumulate(y)
-    x = np.arange(1, len(y) + 1)
+    numbered = trials is not None and len(trials) == len(y) and len(set(trials)) == len(trials)
+    x = np.asarray(trials if numbered else range(len(y)), dtype=np.float64)
     with style():
         fig = figure(6.4, 3.6)
         ax = fig.subplots()
         ax.plot(x, y, "o", color=PALETTE[0], label="trial")
         ax.step(x, best, where="post", color=PALETTE[1], label="best so far")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("completed trial")
+        ax.set_xlabel("trial (as numbered in the table)" if numbered else "completed trial (from 0)")
         ax.set_ylabel(plain(metric))
         ax.set_title(plain(title) if title else "objective per trial")
         ax.legend()

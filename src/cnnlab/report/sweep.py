@@ -136,7 +136,8 @@ def write_sweep_report(sweep_dir: str | Path, quiet: bool = True) -> Path:
         in_order = sorted(done, key=lambda r: (str(r.get("stage") or ""), r["trial"]))
         values = [float(r[metric]) for r in in_order]
         drawn = {
-            "sweep_objective": (lambda: sweep_history_figure(values, direction, metric, f"{name}: {metric} per trial"),
+            "sweep_objective": (lambda: sweep_history_figure(values, direction, metric, f"{name}: {metric} per trial",
+                                                             [r["trial"] for r in in_order]),
                                 f"{metric} of each completed trial in trial order, and the best so far."),
             "sweep_params": (lambda: sweep_params_figure({k: [r.get(k) for r in in_order] for k in keys}, values, metric),
                              f"{metric} against each searched parameter."),

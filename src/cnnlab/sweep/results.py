@@ -186,8 +186,8 @@ def _figures(ctx: SweepContext, rows: list[dict], ranked: list[dict], studies: d
         fig.clear()
 
     values = [float(r[metric]) for r in done]
-    save(plots.sweep_history_figure(values, ctx.cfg.direction, metric, f"{ctx.cfg.name}: {metric} per trial"),
-         "sweep_objective.png")
+    save(plots.sweep_history_figure(values, ctx.cfg.direction, metric, f"{ctx.cfg.name}: {metric} per trial",
+                                    [r["trial"] for r in done]), "sweep_objective.png")
     # Ranges on a numeric axis (log where the range is log-uniform); listed values as labels in the
     # sweep file's order.
     ranges = {p.key: p for s in ctx.stages for p in s.params}
