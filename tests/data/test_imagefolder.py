@@ -8,7 +8,6 @@ import os
 import signal
 import tarfile
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,44 +15,16 @@ import torch
 from PIL import Image
 
 import cnnlab.data as data
-from cnnlab.config import DataConfig
-from cnnlab.data import DataSplits, RawData, imagefolder, load_data, read_image_files, sources
+from cnnlab.data import imagefolder, load_data, read_image_files, sources
 from cnnlab.errors import RunFailure, UserError
 
-from .writers import (make_folder, make_split_folder, tar_dir,
-                      write_image, zip_dir)
-
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+from .helpers import cfg
+from .writers import make_folder, make_split_folder, tar_dir, write_image, zip_dir
 
 
 @pytest.fixture(autouse=True)
 def _cache_in_tmp(tmp_path, monkeypatch):
     monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
-
-
-def cfg(**kw) -> DataConfig:
-    kw.setdefault("download", False)
-    return DataConfig(**kw)
-
-
-def pool_x(raw: RawData) -> np.ndarray:
-    return raw.train_x if raw.test_x is None else np.concatenate([raw.train_x, raw.test_x])
-
-
-def assert_consistent(d: DataSplits, raw: RawData, keep: list[int] | None = None) -> None:
-    """Every split's images and labels are exactly the source-pool rows its index names."""
-    px = torch.from_numpy(pool_x(raw)).permute(0, 3, 1, 2)
-    py = raw.train_y if raw.test_y is None else np.concatenate([raw.train_y, raw.test_y])
-    keep = list(range(len(raw.class_names))) if keep is None else keep
-    for name, s in d.splits().items():
-        assert s.x.dtype == torch.uint8 and s.x.is_contiguous() and s.x.ndim == 4
-        assert s.y.dtype == torch.int64 and s.index.dtype == np.int64
-        assert len(s.x) == len(s.y) == len(s.index)
-        assert torch.equal(s.x, px[s.index]), name
-        assert [keep[i] for i in s.y.tolist()] == py[s.index].tolist(), name
-    all_idx = np.concatenate(list(d.indices().values()))
-    assert len(np.unique(all_idx)) == len(all_idx)  # no image in two splits
-
 
 
 # ------------------------------------------------------------------------------ imagefolder
