@@ -90,11 +90,24 @@ def summarize(d: Path) -> RunSummary:
         row.test_acc = float(acc) if acc is not None else None
     except UserError as e:
         row.status, row.damaged = "damaged", _reason(e, d)
-    try:
-        row.config = flatten(parse_toml(rd.text_file(d / rd.CONFIG), str(d / rd.CONFIG)))
-    except UserError:  # only --group reads it: such a run is a group of its own
-        row.config = None
+    row.config = read_config(d)  # None: only --group reads it, and such a run is a group of its own
     return row
+
+
+def read_config(d: Path) -> dict[str, Any] | None:
+    """Run directory ``d``'s config.toml as key paths (``train.lr``), or None when it cannot be read."""
+    try:
+        return flatten(parse_toml(rd.text_file(d / rd.CONFIG), str(d / rd.CONFIG)))
+    except UserError:
+        return None
+
+
+def differing_keys(configs: list[dict[str, Any] | None], ignore: tuple[str, ...] = ()) -> list[str]:
+    """The key paths, in key order, whose values are not the same in every one of ``configs``
+    (flattened configs; an unreadable one counts as empty), ``ignore`` aside."""
+    flat = [c or {} for c in configs]
+    keys = sorted(set().union(*flat) - set(ignore))
+    return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in flat}) > 1]
 
 
 def _reason(e: UserError, d: Path) -> str:

@@ -15,7 +15,7 @@ from rich.text import Text
 
 from ..errors import UserError, printable
 from ..data import DATASETS
-from ..catalog import RunSummary, find_runs, summarize
+from ..catalog import RunSummary, differing_keys, find_runs, summarize
 from ..models import build_model, describe_models
 from ..report import write_runs_index
 
@@ -95,8 +95,7 @@ def _differing(run: RunSummary, others: list[RunSummary]) -> str:
     groups of the same name; "" when it is the only one."""
     if len(others) < 2 or run.config is None:
         return "" if len(others) < 2 else "config.toml unreadable"
-    keys = set().union(*(o.config or {} for o in others)) - {"seed"}
-    differ = sorted(k for k in keys if len({json.dumps((o.config or {}).get(k), default=str) for o in others}) > 1)
+    differ = differing_keys([o.config for o in others], ignore=("seed",))
     return ", ".join(f"{k}={json.dumps(run.config.get(k), default=str)}" for k in differ) or "(same settings)"
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import rundir as rd
-from ..config import flatten, parse_toml
+from ..catalog import differing_keys, read_config
 from ..errors import UserError
 from ..lifecycle import read_status, shown_status
 from .html import Page, fmt, fmt_seconds, href, join, note, table, tag
@@ -75,24 +75,14 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
         else (float(sum(secs)) if secs else None),
         "images_per_s": sum(ips) / len(ips) if ips else None,
         "history": history,
-        "config": _config(d),
+        "config": read_config(d),
     }
-
-
-def _config(d: Path) -> dict[str, Any] | None:
-    """The run's config.toml as key paths (``train.lr``), or None when it cannot be read."""
-    try:
-        return flatten(parse_toml(rd.text_file(d / rd.CONFIG), str(d / rd.CONFIG)))
-    except UserError:
-        return None
 
 
 def differing_settings(rows: list[dict[str, Any]]) -> list[str]:
     """The config keys (``data.augment.hflip``) whose values are not the same in every run, the
     name aside, in key order: the settings the comparison is about."""
-    configs = [r.get("config") or {} for r in rows]
-    keys = sorted(set().union(*configs) - {"name"})
-    return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
+    return differing_keys([r.get("config") for r in rows], ignore=("name",))
 
 
 def _setting(value: Any) -> str:
