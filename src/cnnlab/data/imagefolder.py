@@ -574,8 +574,9 @@ def read_image_files(paths: list[str], channels: int, size: tuple[int, int]) -> 
         problem = path_problem(path)
         if problem is not None:
             raise UserError(f"image file {str(p)!r} {problem.replace('not a file', 'not an image file')}.")
-        if path.stat().st_size > IMAGE_FILE_MAX_BYTES:
-            raise UserError(f"image file {str(p)!r} is {path.stat().st_size:,} bytes, more than an image file may be "
+        size = path.stat().st_size
+        if size > IMAGE_FILE_MAX_BYTES:
+            raise UserError(f"image file {str(p)!r} is {size:,} bytes, more than an image file may be "
                             f"({fmt_bytes(IMAGE_FILE_MAX_BYTES)}).")
         try:
             with Image.open(path) as im:

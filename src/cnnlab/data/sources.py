@@ -15,7 +15,6 @@ import math
 import pickle
 import re
 import socket
-import stat
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import numpy as np
 from ..config import DataConfig
 from ..errors import UserError, printable
 from ..limits import check_fits, fmt_bytes
+from ..rundir import path_problem
 from ._registry import DATASETS, RawData, short_list
 
 MNIST_CLASSES = [str(i) for i in range(10)]
@@ -51,20 +51,16 @@ CIFAR100_CLASSES = (
 SOURCE_FILE_MAX_BYTES = 2 * 10**9
 
 
-def _regular_file(path: Path, what: str) -> int:
-    """The size of ``path`` in bytes, after checking it is a regular file of sensible size (a FIFO
-    would block the read, a device never end it)."""
-    try:
-        st = path.stat()
-    except OSError as e:
-        raise UserError(f"cannot read {what} {printable(path)}: {e.strerror or e}.") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise UserError(f"{what} {printable(path)} is not a regular file (a directory, FIFO, socket or device); "
-                        "replace it with the data set's file.")
-    if st.st_size > SOURCE_FILE_MAX_BYTES:
-        raise UserError(f"{what} {printable(path)} is {st.st_size:,} bytes, far more than any file of this data set "
+def _regular_file(path: Path, what: str) -> None:
+    """Refuse ``path`` unless it is a regular file (rundir.path_problem: a FIFO would block the
+    read, a device never end it) of a size a file of these data sets can have."""
+    problem = path_problem(path)
+    if problem is not None:
+        raise UserError(f"{what} {printable(path)} {problem}; replace it with the data set's file.")
+    size = path.stat().st_size
+    if size > SOURCE_FILE_MAX_BYTES:
+        raise UserError(f"{what} {printable(path)} is {size:,} bytes, far more than any file of this data set "
                         "(the largest official one is 155 MB); replace it with an intact copy.")
-    return st.st_size
 
 
 # ------------------------------------------------------------------------------------- digits
