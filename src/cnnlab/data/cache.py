@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import re
-import stat
 import tempfile
 import warnings
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import printable
+from ..rundir import path_problem
 from ._files import walk_files
 from ._registry import RawData
 
@@ -77,7 +77,7 @@ def cached(kind: str, source: Path, stamp: Any, options: list[Any], build: Calla
 
 def _read_cache(path: Path) -> RawData | None:
     try:
-        if not stat.S_ISREG(path.stat().st_mode):  # never open a FIFO someone put in the cache
+        if path_problem(path) is not None:  # missing, or a FIFO someone put in the cache: never opened
             return None
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
