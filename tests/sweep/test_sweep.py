@@ -359,3 +359,47 @@ def test_a_finished_sweep_writes_its_report_and_trials_skip_theirs(tmp_path, mon
     page = (d / "report.html").read_text()
     assert "trial" in page and "data:image/png;base64," in page
     assert not list((d / "trials").glob("*/*/report.html"))
+
+
+@pytest.mark.slow
+def test_best_trials_get_reports_links_resolve_and_best_toml_runs_from_anywhere(tmp_path, monkeypatch):
+    """The sweep report links each trial to a page or folder that exists (the best TRIAL_REPORTS
+    trials get report.html, the others their run directory), and best.toml's data paths do not
+    depend on the folder the sweep was started from."""
+    from html.parser import HTMLParser
+    from urllib.parse import unquote
+
+    from cnnlab.sweep.results import TRIAL_REPORTS
+
+    monkeypatch.delenv("CNNLAB_REPORT")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    body = GRID8.replace('name = "grid8"', 'name = "linked"').replace('"model.hidden_layers" = [1, 2]\n', "")
+    res = run_sweep(write_sweep(work, body), runs_dir="sweeps", quiet=True)  # a relative sweep dir
+    ranked_dirs = [Path(r["run_dir"]) for r in res.ranked]
+    assert len(ranked_dirs) == 4 > TRIAL_REPORTS
+    assert all((d / "report.html").is_file() for d in ranked_dirs[:TRIAL_REPORTS])
+    assert not any((d / "report.html").exists() for d in ranked_dirs[TRIAL_REPORTS:])  # drawn on demand
+
+    class Links(HTMLParser):
+        hrefs: list[str] = []
+
+        def handle_starttag(self, tag, attrs):
+            self.hrefs += [v for k, v in attrs if tag == "a" and k == "href"]
+
+    page = res.dir / "report.html"
+    links = Links()
+    links.feed(page.read_text())
+    local = [unquote(h.split("#")[0]) for h in links.hrefs if h and not h.startswith(("#", "http", "data:"))]
+    assert len(local) >= 4
+    assert all((page.parent / h).exists() for h in local), [h for h in local if not (page.parent / h).exists()]
+    assert sum(h.endswith("report.html") for h in local) >= TRIAL_REPORTS
+
+    best = res.dir.resolve() / "best.toml"
+    text = best.read_text()
+    assert f'root = "{(work / "data").resolve()}"' in text  # absolute: "data" was relative to work/
+    monkeypatch.chdir(tmp_path)  # elsewhere: the file still says where the data is
+    import tomllib
+
+    assert tomllib.loads(text)["data"]["root"] == str((work / "data").resolve())

@@ -18,9 +18,17 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import rundir as rd
-from ..report import plots, reports_enabled, write_sweep_report
+from ..report import plots, reports_enabled, write_report, write_sweep_report
 from .space import SUMMARY_METRICS, SweepContext, fmt_value, pm, say
 from .storage import REQUEUED, open_storage, was_requeued
+
+# The best trials get report.html at the sweep's end; the others are linked to their run directory
+# (`cnnlab report TRIAL_DIR` draws one on demand). A report can cost more than a short trial's
+# training (10 s on CIFAR-10 against 3 s), so a report per trial would slow a 50-trial sweep by minutes.
+TRIAL_REPORTS = 3
+# Data paths in best.toml are written absolute: a relative one is relative to wherever the sweep
+# was started, so `cnnlab run .../best.toml` from anywhere else would not find the data.
+_DATA_PATH_KEYS = ("root", "path")
 
 
 @dataclass
@@ -101,9 +109,14 @@ def finalize(ctx: SweepContext) -> SweepResult:
     if best is not None and best.get("_config"):
         cfg = tomllib.loads(best["_config"])
         cfg["name"] = f"{ctx.cfg.name}_best"
+        data = cfg.get("data", {})
+        for key in _DATA_PATH_KEYS:
+            if isinstance(data.get(key), str):
+                data[key] = str(Path(data[key]).expanduser().resolve())
         header = (f"# Best trial of sweep {ctx.cfg.name!r} ({ctx.dir}): trial {best.get('stage', '')}"
                   f"{'/' if best.get('stage') else ''}{best['trial']}, {metric} {best[metric]:.4f}.\n"
-                  f"#   cnnlab run {ctx.dir / rd.SWEEP_BEST}\n")
+                  f"#   cnnlab run {(ctx.dir / rd.SWEEP_BEST).resolve()}\n"
+                  f"# Data paths are absolute (resolved where the sweep ran).\n")
         rd.atomic_write_text(ctx.dir / rd.SWEEP_BEST, header + tomli_w.dumps(cfg))
     table = _ranking_markdown(ctx, ranked, keys, len(rows))
     rd.atomic_write_text(ctx.dir / rd.SWEEP_RANKING, table)
@@ -114,12 +127,30 @@ def finalize(ctx: SweepContext) -> SweepResult:
     except Exception as e:  # figures are a bonus: never lose a finished sweep over one
         say(ctx, f"warning: figures not written: {type(e).__name__}: {e}")
     if reports_enabled():
+        _trial_reports(ctx, ranked)
         try:  # the ranked table and the figures above as one page (docs/report.md)
             say(ctx, f"report: {write_sweep_report(ctx.dir)}")
         except Exception as e:  # like the figures: never lose a finished sweep over its page
             say(ctx, f"warning: sweep report not written: {type(e).__name__}: {e}")
     return SweepResult(ctx.dir, out, [{k: v for k, v in r.items() if not k.startswith("_")} for r in ranked],
                        {k: v for k, v in best.items() if not k.startswith("_")} if best else None)
+
+
+def _trial_reports(ctx: SweepContext, ranked: list[dict[str, Any]]) -> None:
+    """report.html for the best ``TRIAL_REPORTS`` trials (each repeat's run directory) that have
+    none, when the sweep turned trial reports off for speed (its default); an experiment that sets
+    ``[report] enabled = false`` itself gets none. Never raises: a finished sweep stays finished."""
+    if ctx.overrides.get("report.enabled") is not False:
+        return
+    todo = [Path(d) for r in ranked[:TRIAL_REPORTS] for d in str(r.get("run_dir") or "").split(";")
+            if d and rd.is_run_dir(Path(d)) and not (Path(d) / rd.REPORT).exists()]  # another machine's: skipped
+    if todo:
+        say(ctx, f"writing the reports of the best {min(TRIAL_REPORTS, len(ranked))} trials ({len(todo)} run directories) …")
+    for d in todo:
+        try:
+            write_report(d)
+        except Exception as e:  # like the figures: a page is never worth a finished sweep
+            say(ctx, f"warning: report not written for {d}: {type(e).__name__}: {e}")
 
 
 def _table_rows(ctx: SweepContext, ranked: list[dict], keys: list[str]) -> tuple[list[str], list[list[str]]]:
