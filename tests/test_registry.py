@@ -40,3 +40,35 @@ def test_prefix_entries_take_a_suffix():
     with pytest.raises(UserError):
         r.get("torchvision:")
     assert "torchvision:<name>" in r.names()
+
+
+def _loader():
+    return "data"
+
+
+def test_a_declared_entry_is_listed_and_validated_before_its_module_binds_it():
+    r = Registry("data set", require_declared=True)
+    r.declare("toy", home=__name__, summary="a toy data set")
+    assert "toy" in r and r.names() == ["toy"] and r.entry("toy").summary == "a toy data set"
+    with pytest.raises(RuntimeError, match=f"importing {__name__} registers it"):
+        r.get("toy")  # declared, not bound: a bug of the caller, not a UserError about the config
+    r.add("toy", _loader)
+    assert r.get("toy") is _loader
+    with pytest.raises(ValueError, match="already registered"):
+        r.add("toy", _loader)  # binding twice raises, as registering twice does
+    with pytest.raises(ValueError, match="already registered"):
+        r.declare("toy", home=__name__, summary="again")
+    with pytest.raises(UserError, match="Valid data set names: toy"):
+        r.get("toi")
+
+
+def test_only_declared_names_bind_and_only_from_their_module():
+    r = Registry("data set", require_declared=True)
+    with pytest.raises(ValueError, match="not declared"):
+        r.add("stray", _loader)  # a listing of the declarations would not show it
+    r.declare("toy", home="cnnlab.data.sources", summary="a toy data set")
+    with pytest.raises(ValueError, match="declared to live in cnnlab.data.sources"):
+        r.add("toy", _loader)
+    r.declare("other", home=__name__, summary="another")
+    with pytest.raises(ValueError, match="binds the object only"):
+        r.add("other", _loader, summary="a second summary")

@@ -4,7 +4,8 @@ saying how to continue it.
 
 Each command's code lives in one of the modules named in ``COMMANDS`` and is imported only when
 that command runs: a command loads only what it needs (``cnnlab run`` no sweep machinery, ``cnnlab
-resume`` no Optuna).
+resume`` no Optuna, ``cnnlab runs`` and ``cnnlab datasets`` no torch; tests/test_imports.py checks
+each listing's modules).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("inspection", "cmd_report"),
     "compare": ("inspection", "cmd_compare"),
     "runs": ("listing", "cmd_runs"),
-    "models": ("listing", "cmd_models"),
+    "models": ("models", "cmd_models"),
     "datasets": ("listing", "cmd_datasets"),
 }
 

@@ -1,4 +1,6 @@
-"""``cnnlab runs``, ``cnnlab models`` and ``cnnlab datasets``: what exists."""
+"""``cnnlab runs`` and ``cnnlab datasets``: what exists. Both read files and registries only, and
+import neither torch nor matplotlib (tests/test_imports.py holds them to it); ``cnnlab models``,
+which builds models, is in ``cli.models``."""
 
 from __future__ import annotations
 
@@ -6,17 +8,15 @@ import argparse
 import json
 import statistics
 import sys
-import warnings
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..errors import UserError, printable
-from ..data import DATASETS
 from ..catalog import RunSummary, differing_keys, find_runs, summarize
-from ..models import build_model, describe_models
+from ..dataset_names import DATASETS
+from ..errors import UserError, printable
 from ..report import write_runs_index
 
 
@@ -97,30 +97,6 @@ def _differing(run: RunSummary, others: list[RunSummary]) -> str:
         return "" if len(others) < 2 else "config.toml unreadable"
     differ = differing_keys([o.config for o in others], ignore=("seed",))
     return ", ".join(f"{k}={json.dumps(run.config.get(k), default=str)}" for k in differ) or "(same settings)"
-
-
-def cmd_models(a: argparse.Namespace) -> None:
-    if a.show:
-        _show_model(a.show)
-        return
-    for name, summary, keys in describe_models():
-        print(f"{name}: {summary}")
-        for key, (typ, default) in keys.items():
-            print(f"    {key} = {'unset' if default is None else repr(default)}  ({typ})")
-
-
-def _show_model(name: str) -> None:
-    """Module names of a model built for (3, 32, 32) images and 10 classes: what [transfer]
-    freeze / unfreeze patterns match."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = build_model({"name": name}, (3, 32, 32), 10)
-    print(f"{name} (built for 3x32x32 images, 10 classes): module names for [transfer] freeze/unfreeze patterns")
-    for mname, m in model.named_modules():
-        if not mname:
-            continue
-        n = sum(p.numel() for p in m.parameters())
-        print(f"  {mname:<40} {type(m).__name__:<20} {n:>10,} parameters")
 
 
 def cmd_datasets(a: argparse.Namespace) -> None:

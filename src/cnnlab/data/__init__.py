@@ -1,7 +1,8 @@
 """Data: load raw images, subset and split them reproducibly, augment them in batches on the device.
 
-- ``_registry``: ``DATASETS`` (the names users give as ``data.dataset``) and ``RawData``, what a
-  loader returns: uint8 (N, H, W, C) images and int64 labels, official train and test splits;
+- ``_registry``: ``DATASETS`` (the names users give as ``data.dataset``, declared with their
+  summaries in ``cnnlab.dataset_names``) and ``RawData``, what a loader returns: uint8
+  (N, H, W, C) images and int64 labels, official train and test splits;
 - ``sources``: ``digits`` (scikit-learn, bundled), ``mnist`` / ``fashion_mnist`` (IDX files),
   ``cifar10`` / ``cifar100`` (the official python pickles, read by a restricted unpickler);
 - ``imagefolder``: class-per-folder images in a directory or archive, decoded in a process pool,
@@ -13,8 +14,9 @@
   configured augmentation (affine, colour, erasing, mixup / cutmix, per-class settings) of a batch
   and its labels, with ``resolve_class_names`` for the per-class table's names.
 
-Importing the package registers every data set; the named ones first (the order of
-``cnnlab datasets``).
+Importing the package binds every data set's loader to its declared name. The names, their
+summaries and their order (that of ``cnnlab datasets``) are in ``cnnlab.dataset_names``, which needs
+no torch.
 """
 
 from ._registry import DATASETS, RawData

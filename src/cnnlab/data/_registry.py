@@ -2,19 +2,21 @@
 
 A loader (registered in ``DATASETS`` under the name users give as ``data.dataset``) turns a
 ``DataConfig`` into ``RawData``: uint8 images (N, H, W, C) plus int64 labels for the official
-train split and, when the source has one, the official test split.
+train split and, when the source has one, the official test split. ``DATASETS`` itself, with each
+name's summary, is declared in ``cnnlab.dataset_names``, which imports neither numpy nor torch
+(``cnnlab datasets`` lists it from there); the loader modules bind their loaders to those names.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
-from ..config import DataConfig
+from ..dataset_names import DATASETS
 from ..errors import printable
-from ..registry import Registry
+
+__all__ = ["DATASETS", "RawData", "short_list"]
 
 
 @dataclass
@@ -35,9 +37,6 @@ class RawData:
     @property
     def n_test(self) -> int:
         return 0 if self.test_y is None else int(len(self.test_y))
-
-
-DATASETS: Registry[Callable[[DataConfig], RawData]] = Registry("data set")
 
 
 def short_list(names: list[str], limit: int = 30) -> str:

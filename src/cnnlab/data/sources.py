@@ -64,7 +64,7 @@ def _regular_file(path: Path, what: str) -> None:
 
 
 # ------------------------------------------------------------------------------------- digits
-@DATASETS.register("digits", summary="scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download)")
+@DATASETS.register("digits")  # declared, with its summary, in cnnlab.dataset_names
 def load_digits(cfg: DataConfig) -> RawData:
     """scikit-learn's 8x8 digits, 1 channel, pixel values 0..16 scaled to 0..255."""
     from sklearn.datasets import load_digits as sk_digits  # scikit-learn is slow to import; only here
@@ -189,13 +189,13 @@ def _idx_dataset(cfg: DataConfig, folder_name: str, tv_name: str, class_names: l
     return RawData(trx, try_, tex, tey, list(class_names), f"{label} IDX files in {raw_dir}")
 
 
-@DATASETS.register("mnist", summary="MNIST digits, 60,000 + 10,000 28x28 gray (IDX files in data.root/MNIST/raw)")
+@DATASETS.register("mnist")  # declared, with its summary, in cnnlab.dataset_names
 def load_mnist(cfg: DataConfig) -> RawData:
     """MNIST from torchvision's raw IDX files (downloaded when missing and allowed)."""
     return _idx_dataset(cfg, "MNIST", "MNIST", MNIST_CLASSES, "MNIST")
 
 
-@DATASETS.register("fashion_mnist", summary="Fashion-MNIST, 60,000 + 10,000 28x28 gray (data.root/FashionMNIST/raw)")
+@DATASETS.register("fashion_mnist")  # declared, with its summary, in cnnlab.dataset_names
 def load_fashion_mnist(cfg: DataConfig) -> RawData:
     """Fashion-MNIST from torchvision's raw IDX files (downloaded when missing and allowed)."""
     return _idx_dataset(cfg, "FashionMNIST", "FashionMNIST", FASHION_MNIST_CLASSES, "Fashion-MNIST")
@@ -472,13 +472,13 @@ def _cifar_dataset(cfg: DataConfig, lay: _CifarLayout) -> RawData:
     return RawData(trx, try_, tex, tey, names, f"{lay.label} python pickles in {folder}")
 
 
-@DATASETS.register("cifar10", summary="CIFAR-10, 50,000 + 10,000 32x32 color (pickles in data.root, or data.path)")
+@DATASETS.register("cifar10")  # declared, with its summary, in cnnlab.dataset_names
 def load_cifar10(cfg: DataConfig) -> RawData:
     """CIFAR-10 from the official python pickles, or from an image folder/archive at data.path."""
     return _cifar_dataset(cfg, _CIFAR10)
 
 
-@DATASETS.register("cifar100", summary="CIFAR-100 (100 fine labels), 50,000 + 10,000 32x32 color (pickles, or data.path)")
+@DATASETS.register("cifar100")  # declared, with its summary, in cnnlab.dataset_names
 def load_cifar100(cfg: DataConfig) -> RawData:
     """CIFAR-100 (100 fine labels) from the official python pickles, or an image folder at data.path."""
     return _cifar_dataset(cfg, _CIFAR100)
@@ -494,7 +494,7 @@ def _named_from_folder(cfg: DataConfig, official: list[str], label: str) -> RawD
     """A named data set read from an image folder at cfg.path: class folders must be its classes;
     labels are mapped to the data set's own label order."""
     # The imagefolder loader, looked up by name: it is registered by the imagefolder module, which
-    # this one need not import (and `cnnlab datasets` lists the named data sets first).
+    # this one need not import.
     raw = DATASETS.get("imagefolder")(cfg)
     want = {_norm_name(n): i for i, n in enumerate(official)}
     have = [_norm_name(n) for n in raw.class_names]
