@@ -21,6 +21,8 @@ from cnnlab.train import Callback, epoch_steps, load_checkpoint
 from cnnlab.lifecycle import Interrupted, read_status
 from cnnlab.errors import RunFailure, UserError
 
+from .data.writers import make_folder, tar_dir
+
 REPO = Path(__file__).resolve().parents[1]
 QUICK = REPO / "examples" / "quickstart.toml"
 
@@ -317,3 +319,21 @@ def test_an_unknown_class_in_per_class_augmentation_is_refused_before_the_run(tm
     with pytest.raises(UserError, match=r"data.augment.per_class.*eleven.*0, 1, 2"):
         cnnlab.run(cfg, runs_dir=tmp_path, quiet=True)
     assert not list(tmp_path.rglob("run.json"))
+
+
+def test_a_quiet_run_prints_nothing_while_decoding_training_and_reporting(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("CNNLAB_REPORT")
+    archive = tar_dir(make_folder(tmp_path / "imgs", n=12), tmp_path / "set.tar.gz")
+    cfg = {**MIX, "data": {"dataset": "imagefolder", "path": str(archive)}, "train": {**MIX["train"], "epochs": 1},
+           "report": {"explain_images": 0}}
+    run = cnnlab.run(cfg, runs_dir=tmp_path / "runs", quiet=True)
+    assert (run.dir / rd.REPORT).exists() and capsys.readouterr().out == ""
+
+
+def test_the_report_line_only_when_the_report_was_written(tmp_path, monkeypatch, capsys):
+    """A report that fails warns (report_after_run) and leaves no "report:" line claiming a page."""
+    monkeypatch.delenv("CNNLAB_REPORT")
+    monkeypatch.setattr("cnnlab.runner.report_after_run", lambda run_dir, quiet, data=None: None)  # writes nothing
+    cnnlab.run({**MIX, "train": {**MIX["train"], "epochs": 1}}, runs_dir=tmp_path, quiet=False)
+    out = capsys.readouterr().out
+    assert "writing report.html ..." in out and "report:" not in out

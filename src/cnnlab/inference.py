@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from . import rundir as rd
+from ._progress import Reporter, reporting
 from .config import ExperimentConfig
 from .data import Normalizer, load_data, read_image_files
 from .errors import RunFailure, UserError
@@ -57,7 +58,8 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", overrides: list[str]
     check_threads(cfg.train.threads)
     model, state, _ = load_model(run_dir, checkpoint, device)
     meta = state["meta"]
-    data = load_data(cfg.data, cfg.seed)
+    with reporting(Reporter(quiet=quiet)):  # a cold image archive is decoded first: say so while it is
+        data = load_data(cfg.data, cfg.seed)
     prepare_process(device, cfg.train.threads)  # after the data (see prepare_process)
     if len(data.class_names) != len(meta["class_names"]):
         raise UserError(f"the data set has {len(data.class_names)} classes but the model was trained on "

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from . import rundir as rd
+from ._progress import Reporter, reporting
 from ._version import __version__
 from .config import ExperimentConfig, apply_overrides
 from .data import DataSplits, Normalizer, load_data
@@ -49,7 +50,7 @@ from .lifecycle import (Failure, Interrupted, Liveness, RunLock, RunStatus, Stop
 from .metrics import classification_report, compute_metrics, metrics_memory
 from .limits import check_fits
 from .models import ImageClassifier, build_model, count_parameters, model_size
-from .report import build_loggers, check_loggers, close_loggers, log_final, report_after_run
+from .report import build_loggers, check_loggers, close_loggers, log_final, report_after_run, reports_enabled
 from .train import (CALLBACKS, Callback, DeviceSplit, Freezing, Trainer, World, amp_dtype, apply_transfer, build_loss,
                     build_optimizer, build_scheduler, check_training_setup, epoch_steps, has_conv, load_checkpoint,
                     check_threads, prepare_process, resolve_device, seed_everything)
@@ -198,6 +199,8 @@ def _trainer(cfg: ExperimentConfig, data: DataSplits, parts: _Parts, device: tor
     monitor = _monitor(cfg, data.val is not None)
     main = world.is_main  # callbacks that write files or print run in rank 0 only
     model = parts.model
+    # One early-stopping callback: it stops the run, and the progress display reads from it how soon it could.
+    early_stopping = CALLBACKS.get("early_stopping")(monitor, es.mode, es.patience, es.min_delta)
     callbacks: list[Callback] = [
         # The weight average: evaluation (val each epoch, the final metrics) uses it when it is on.
         *([CALLBACKS.get("ema")(model, ema.decay, ema.every, ema.mode, ema.ramp)] if ema.mode != "off" else []),
@@ -205,13 +208,13 @@ def _trainer(cfg: ExperimentConfig, data: DataSplits, parts: _Parts, device: tor
         *([CALLBACKS.get("stats")(run_dir, dg.stats_every, dg.probe_size)] if dg.stats_every and main else []),
         *([CALLBACKS.get("unfreeze_schedule")(model, cfg.transfer.unfreeze_schedule, parts.freezing, quiet)]
           if cfg.transfer.unfreeze_schedule and parts.freezing is not None else []),
-        CALLBACKS.get("early_stopping")(monitor, es.mode, es.patience, es.min_delta),
+        early_stopping,
         *([CALLBACKS.get("checkpoint")(run_dir / rd.CHECKPOINTS, monitor, es.mode, cfg.checkpoint.every, es.min_delta),
            CALLBACKS.get("history")(run_dir),
            # [log] every_steps: steps.jsonl; before the loggers, so a resume has dropped its lines past the
            # checkpoint when TensorBoard reads it.
            *([CALLBACKS.get("steps")(run_dir, cfg.log.every_steps)] if cfg.log.every_steps else []),
-           CALLBACKS.get("progress")(cfg.train.epochs, enabled=not quiet),
+           CALLBACKS.get("progress")(cfg.train.epochs, enabled=not quiet, early_stopping=early_stopping),
            # [log]: TensorBoard / MLflow; after the checkpoint callback (a resume repairs from its state).
            *build_loggers(cfg, run_dir)] if main else []),
         # Last, so they see the epoch after early stopping and the checkpoint (a sweep's pruning hook).
@@ -405,7 +408,7 @@ def run(config_or_path: str | Path | ExperimentConfig | dict, overrides: list[st
         world.from_main(lambda: rd.writable_dir(runs_dir, "--runs-dir"))  # before the data: it may take minutes
         check_threads(cfg.train.threads)
         seed_everything(cfg.seed, cfg.deterministic)
-        data = load_data(cfg.data, cfg.seed)
+        data = _load_data(cfg, quiet or not world.is_main)
         prepare_process(device, cfg.train.threads)  # after the data (see prepare_process)
         seed_everything(cfg.seed, cfg.deterministic)  # model init does not depend on how data loading used the RNG
         parts = _assemble(cfg, data, device, world, quiet or not world.is_main, new_run=True)
@@ -563,7 +566,7 @@ def _resume_locked(run_dir: Path, cfg: ExperimentConfig, quiet: bool, world: Wor
     if world.is_main:
         dist.report_run_dir(run_dir)
     seed_everything(cfg.seed, cfg.deterministic)
-    data = load_data(cfg.data, cfg.seed)
+    data = _load_data(cfg, quiet or not world.is_main)
     prepare_process(device, cfg.train.threads)  # after the data (see prepare_process)
     parts = _assemble(cfg, data, device, world, quiet or not world.is_main, new_run=False)
     # The trainer takes the checkpoint's state before anything is written: a checkpoint that does not
@@ -650,7 +653,7 @@ def _train_and_finish(cfg: ExperimentConfig, data: DataSplits, trainer: Trainer,
                          finished=datetime.now().isoformat(timespec="seconds"))
         # The report and the loggers' final record once the status is final (the page shows it).
         if trainer.epoch > 0:
-            report_after_run(run_dir, quiet, data)  # never raises; CNNLAB_REPORT=0 / [report] enabled = false skip it
+            _report(run_dir, cfg, data, quiet)
         if metrics is not None and not (nan or failure):
             log_final(trainer.callbacks, metrics, run_dir)  # after report.html: MLflow keeps it as an artifact
         else:
@@ -664,6 +667,24 @@ def _train_and_finish(cfg: ExperimentConfig, data: DataSplits, trainer: Trainer,
         raise RunFailure(f"{failure} Run directory: {run_dir}.")
     _say(f"\nrun directory: {run_dir}", quiet)
     return Run(run_dir)
+
+
+def _load_data(cfg: ExperimentConfig, quiet: bool) -> DataSplits:
+    """load_data with the progress display on: a cold image archive is decoded (and cached) before
+    the first step, which takes a while (CIFAR-10's 60,000 JPEGs: about 20 s on 2 cores)."""
+    with reporting(Reporter(quiet=quiet)):
+        return load_data(cfg.data, cfg.seed)
+
+
+def _report(run_dir: Path, cfg: ExperimentConfig, data: DataSplits, quiet: bool) -> None:
+    """The end-of-run report (``report_after_run``: never raises; CNNLAB_REPORT=0 or ``[report]
+    enabled = false`` skip it), shown while it draws (seconds: figures, the model's explain images)
+    and then as ``report: <path> (N.N s)``."""
+    shown = not quiet and reports_enabled() and cfg.report.enabled
+    with Reporter(quiet=not shown).task(f"writing {rd.REPORT}") as task:
+        page = report_after_run(run_dir, True, data)  # quiet: the line below says where, and how long it took
+        # A failure leaves the page as it was and prints its own warning.
+        task.finish(f"report: {page} ({task.seconds:.1f} s)" if page is not None else None)
 
 
 def _lost_contact(e: Exception, trainer: Trainer, cfg: ExperimentConfig, run_dir: Path) -> None:

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 import cnnlab.data as data
+from cnnlab._progress import Reporter, reporting
 from cnnlab.data import imagefolder, load_data, read_image_files, sources
 from cnnlab.errors import RunFailure, UserError
 
@@ -379,3 +380,69 @@ def test_read_image_files(tmp_path):
         read_image_files([str(tmp_path / "bad.png")], 3, (8, 8))
 
 
+
+
+# ------------------------------------------------------------------------------ decode progress
+class _Recorder:
+    """A progress task that records what it is told."""
+
+    def __init__(self):
+        self.updates: list[float] = []
+
+    def update(self, completed: float) -> None:
+        self.updates.append(completed)
+
+
+def test_the_decode_says_what_it_does_in_plain_lines_once_and_not_when_cached(tmp_path):
+    archive = tar_dir(make_folder(tmp_path / "src", n=10), tmp_path / "s.tar.gz")
+    out = io.StringIO()
+    with reporting(Reporter(stream=out)):
+        imagefolder.load_imagefolder(cfg(path=str(archive)))
+        lines = out.getvalue().splitlines()
+        assert lines[0].startswith("decoding archive s.tar.gz, ") and " kB" in lines[0]
+        assert lines[0].endswith("(once: later runs read the decoded images from the cache) ...")
+        assert lines[-1].startswith("decoded 30 images of archive s.tar.gz in ") and lines[-1].endswith(" s")
+        imagefolder.load_imagefolder(cfg(path=str(archive)))  # from the cache: nothing to say
+        assert out.getvalue().splitlines() == lines
+        imagefolder.load_imagefolder(cfg(path=str(archive), cache=False))  # decoded again, not for the cache
+        again = out.getvalue().splitlines()[len(lines)]
+        assert again.startswith("decoding archive s.tar.gz, ") and "cache" not in again and again.endswith(" ...")
+
+
+def test_the_decode_is_silent_when_quiet_and_outside_a_run(tmp_path, capsys):
+    root = make_folder(tmp_path / "src", n=4)
+    out = io.StringIO()
+    with reporting(Reporter(quiet=True, stream=out)):
+        imagefolder.read_imagefolder(root, None, "error")
+    imagefolder.read_imagefolder(root, None, "error")  # no reporter installed: quiet
+    assert out.getvalue() == "" and capsys.readouterr().out == ""
+
+
+def test_decode_progress_follows_the_decoded_images_not_the_reading_ahead(tmp_path, monkeypatch):
+    """The pool reads up to two chunks per process ahead; the progress is what came back decoded."""
+    root = make_folder(tmp_path / "src", n=10)  # 30 images
+    monkeypatch.setattr(imagefolder, "DECODE_CHUNK_IMAGES", 4)
+    reader = imagefolder._SourceReader(root, "folder src")
+    assert reader.total() == 30
+    task = _Recorder()
+    decoded = imagefolder._decode_all(reader, None, "folder src", task)
+    assert len(decoded) == 30 and task.updates == [4, 8, 12, 16, 20, 24, 28, 30]
+    # The plain lines of it: each quarter once, in order, between the start and the end.
+    out = io.StringIO()
+    with reporting(Reporter(stream=out)):
+        imagefolder.read_imagefolder(root, None, "error")
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "decoding folder src, 30 image files ..."
+    assert [line.split(": ")[1].split("%")[0] for line in lines[1:-1]] == ["25", "50", "75"]
+    assert lines[-1].startswith("decoded 30 images of folder src in ")
+
+
+def test_an_archives_progress_is_its_bytes_read(tmp_path, monkeypatch):
+    archive = tar_dir(make_folder(tmp_path / "src", n=10), tmp_path / "s.tar", mode="w")  # uncompressed: exact
+    monkeypatch.setattr(imagefolder, "DECODE_CHUNK_IMAGES", 4)
+    reader = imagefolder._SourceReader(archive, "archive s.tar")
+    task = _Recorder()
+    imagefolder._decode_all(reader, None, "archive s.tar", task)
+    assert reader.total() == archive.stat().st_size
+    assert task.updates == sorted(task.updates) and len(task.updates) == 8
+    assert 0 < task.updates[0] < task.updates[-1] <= reader.total()

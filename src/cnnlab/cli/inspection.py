@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from .. import rundir as rd
+from .._progress import Reporter
 from ..diagnose import diagnose, print_findings, report
 from ..inference import evaluate, predict
 from ..report import compare_rows, print_compare, write_compare, write_report
@@ -32,7 +34,10 @@ def cmd_diagnose(a: argparse.Namespace) -> None:
 
 
 def cmd_report(a: argparse.Namespace) -> None:
-    print(f"report: {write_report(a.dir, quiet=True)}")
+    # Drawing takes seconds (figures, the model's explain images): say so while it does.
+    with Reporter().task(f"writing {Path(a.dir) / rd.REPORT}") as task:
+        path = write_report(a.dir, quiet=True)
+        task.finish(f"report: {path} ({task.seconds:.1f} s)")
 
 
 def cmd_compare(a: argparse.Namespace) -> None:

@@ -32,6 +32,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
+from .._progress import Mode, Task, current_reporter
 from ..config import DataConfig
 from ..errors import RunFailure, UserError, printable, shown
 from ..lifecycle import helper_process_signals
@@ -58,7 +59,7 @@ Item = tuple[str, "bytes | None", "str | None"]
 Decoded = tuple[str, "np.ndarray | None", "str | None"]
 
 
-@DATASETS.register("imagefolder", summary="class-per-folder images in a directory or .tar/.tar.gz/.zip at data.path")
+@DATASETS.register("imagefolder")  # declared, with its summary, in cnnlab.dataset_names
 def load_imagefolder(cfg: DataConfig) -> RawData:
     """Images in ``class/`` folders (optionally under ``train/`` and ``test/``) at data.path,
     decoded once and cached as uint8 arrays."""
@@ -87,7 +88,7 @@ def load_imagefolder(cfg: DataConfig) -> RawData:
     if not cfg.cache:
         return read_imagefolder(path, cfg.image_size, cfg.on_bad_image)
     return cached("imagefolder", path.resolve(), source_stamp(path), [cfg.image_size, cfg.on_bad_image],
-                  lambda: read_imagefolder(path, cfg.image_size, cfg.on_bad_image))
+                  lambda: read_imagefolder(path, cfg.image_size, cfg.on_bad_image, for_cache=True))
 
 
 def _is_archive(path: Path) -> bool:
@@ -120,11 +121,23 @@ def _member_name(name: str, where: str) -> str:
 
 class _SourceReader:
     """Streams the image files of a directory or archive as ``Item``s, in name order for a
-    directory and archive order for an archive. Special files are counted in ``special``."""
+    directory and archive order for an archive. Special files are counted in ``special``.
+
+    How far it has read, for the progress display: ``position`` of ``total`` units, bytes of the
+    archive file (for a compressed tar, of the compressed file: its unpacked size is not known
+    before the end) or image files of a directory."""
 
     def __init__(self, path: Path, where: str):
         self.path, self.where = path, where
         self.special: list[str] = []
+        self.position = 0
+
+    def total(self) -> int:
+        """The units ``position`` reaches at the end: the archive's size in bytes, or the number
+        of image files of a directory (one walk of the names, nothing opened)."""
+        if self.path.is_dir():
+            return sum(1 for name, _ in walk_files(self.path) if _is_image_name(name))
+        return self.path.stat().st_size
 
     def __iter__(self) -> Iterator[Item]:
         if self.path.is_dir():
@@ -144,6 +157,7 @@ class _SourceReader:
         for name, p in walk_files(self.path):
             if not _is_image_name(name):
                 continue
+            self.position += 1
             problem = path_problem(p)
             if problem is None:
                 yield name, *_read_capped(p)
@@ -153,46 +167,59 @@ class _SourceReader:
                 yield name, None, f"it {problem}"
 
     def _zip(self) -> Iterator[Item]:
-        with zipfile.ZipFile(self.path) as zf:
-            for info in zf.infolist():
-                name = _member_name(info.filename, self.where)
-                if info.is_dir() or not name or not _is_image_name(name):
-                    continue
-                if info.flag_bits & 0x1:
-                    yield name, None, "it is encrypted"
-                elif info.file_size > IMAGE_FILE_MAX_BYTES:
-                    yield name, None, f"it unpacks to {info.file_size:,} bytes, more than an image file may be"
-                else:
-                    try:
-                        with zf.open(info) as f:  # read at most the cap: the declared size may lie
-                            data = f.read(IMAGE_FILE_MAX_BYTES + 1)
-                        yield name, data, None
-                    except NotImplementedError as e:  # a compression method zipfile does not know
-                        yield name, None, f"it is stored in a way this reader does not support ({e})"
-                    except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError) as e:
-                        yield name, None, f"its compressed data is damaged ({type(e).__name__}: {e})"
+        # The file opened here, not by ZipFile: its position is how far the reading has come.
+        with open(self.path, "rb") as raw, zipfile.ZipFile(raw) as zf:
+            for item in self._zip_members(zf):
+                self.position = max(self.position, raw.tell())
+                yield item
+
+    def _zip_members(self, zf: zipfile.ZipFile) -> Iterator[Item]:
+        for info in zf.infolist():
+            name = _member_name(info.filename, self.where)
+            if info.is_dir() or not name or not _is_image_name(name):
+                continue
+            if info.flag_bits & 0x1:
+                yield name, None, "it is encrypted"
+            elif info.file_size > IMAGE_FILE_MAX_BYTES:
+                yield name, None, f"it unpacks to {info.file_size:,} bytes, more than an image file may be"
+            else:
+                try:
+                    with zf.open(info) as f:  # read at most the cap: the declared size may lie
+                        data = f.read(IMAGE_FILE_MAX_BYTES + 1)
+                    yield name, data, None
+                except NotImplementedError as e:  # a compression method zipfile does not know
+                    yield name, None, f"it is stored in a way this reader does not support ({e})"
+                except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError) as e:
+                    yield name, None, f"its compressed data is damaged ({type(e).__name__}: {e})"
 
     def _tar(self) -> Iterator[Item]:
-        with tarfile.open(self.path, "r:*", tarinfo=_BoundedTarInfo) as tf:
-            for m in tf:  # streamed: a .tar.gz is read once, front to back
-                name = _member_name(m.name, self.where)
-                if m.isdir() or not name or not _is_image_name(name):
+        # The file opened here, not by tarfile: its position (of the compressed bytes) is how far
+        # the reading has come.
+        with open(self.path, "rb") as raw, tarfile.open(fileobj=raw, mode="r:*", tarinfo=_BoundedTarInfo) as tf:
+            for item in self._tar_members(tf):
+                self.position = raw.tell()
+                yield item
+
+    def _tar_members(self, tf: tarfile.TarFile) -> Iterator[Item]:
+        for m in tf:  # streamed: a .tar.gz is read once, front to back
+            name = _member_name(m.name, self.where)
+            if m.isdir() or not name or not _is_image_name(name):
+                continue
+            if not (m.isfile() or m.issym() or m.islnk()):
+                self.special.append(name)
+            elif m.issparse() or m.size > IMAGE_FILE_MAX_BYTES:
+                yield name, None, f"it is a {'sparse' if m.issparse() else 'huge'} member ({m.size:,} bytes)"
+            else:
+                try:  # a link is read from the member it names inside this archive, never from disk
+                    f = tf.extractfile(m)
+                except KeyError:
+                    yield name, None, f"it is a link to {shown(m.linkname)}, which the archive does not hold"
                     continue
-                if not (m.isfile() or m.issym() or m.islnk()):
-                    self.special.append(name)
-                elif m.issparse() or m.size > IMAGE_FILE_MAX_BYTES:
-                    yield name, None, f"it is a {'sparse' if m.issparse() else 'huge'} member ({m.size:,} bytes)"
+                data = f.read(IMAGE_FILE_MAX_BYTES + 1) if f is not None else b""
+                if len(data) > IMAGE_FILE_MAX_BYTES:
+                    yield name, None, f"it is larger than an image file may be ({fmt_bytes(IMAGE_FILE_MAX_BYTES)})"
                 else:
-                    try:  # a link is read from the member it names inside this archive, never from disk
-                        f = tf.extractfile(m)
-                    except KeyError:
-                        yield name, None, f"it is a link to {shown(m.linkname)}, which the archive does not hold"
-                        continue
-                    data = f.read(IMAGE_FILE_MAX_BYTES + 1) if f is not None else b""
-                    if len(data) > IMAGE_FILE_MAX_BYTES:
-                        yield name, None, f"it is larger than an image file may be ({fmt_bytes(IMAGE_FILE_MAX_BYTES)})"
-                    else:
-                        yield name, data, None
+                    yield name, data, None
 
 
 # A tar's extended headers (GNU long names and links, pax records) are read whole by tarfile before
@@ -412,13 +439,30 @@ def _take(pool: ProcessPoolExecutor, pending: deque, size: int | None, budget: i
     return list(zip(names, arrays, errors))  # rows of a stacked array are views
 
 
-def _decode_all(reader: _SourceReader, size: int | None, where: str) -> list[Decoded]:
+def _decode_all(reader: _SourceReader, size: int | None, where: str, task: Task | None = None) -> list[Decoded]:
     """Every image of ``reader`` decoded; the decoded bytes are counted as they arrive and the
-    folder refused once they pass the memory available (before it fills the machine)."""
+    folder refused once they pass the memory available (before it fills the machine). ``task``
+    is told how far the decoding has come, in the reader's units (``_SourceReader.position``)."""
     avail = available_memory()
     held, results = 0, []
-    for chunk in _decoded_in_order(_chunks(reader), size, avail, where):
+    # (images read when a chunk was complete, the reader's position then): the pool reads up to
+    # two chunks per process ahead of what is decoded, and the results come back in order, so the
+    # decoding has come as far as the reader had when it completed the last chunk now decoded.
+    marks: deque[tuple[int, int]] = deque()
+
+    def marked(chunks: Iterator[list[Item]]) -> Iterator[list[Item]]:
+        read = 0
+        for c in chunks:
+            read += len(c)
+            marks.append((read, reader.position))
+            yield c
+
+    for chunk in _decoded_in_order(marked(_chunks(reader)), size, avail, where):
         results.extend(chunk)
+        if task is not None and marks and marks[0][0] <= len(results):
+            while marks and marks[0][0] <= len(results):
+                reached = marks.popleft()[1]
+            task.update(reached)
         held += sum(a.nbytes for _, a, _ in chunk if a is not None)
         if avail is not None and held > avail:
             check_fits(held, f"the decoded images of {where} ({len(results):,} decoded so far)",
@@ -427,11 +471,25 @@ def _decode_all(reader: _SourceReader, size: int | None, where: str) -> list[Dec
     return results
 
 
-def read_imagefolder(path: Path, size: int | None, on_bad_image: str) -> RawData:
-    """Decode an image folder/archive at ``path`` into RawData (no caching)."""
+def read_imagefolder(path: Path, size: int | None, on_bad_image: str, for_cache: bool = False) -> RawData:
+    """Decode an image folder/archive at ``path`` into RawData (no caching). The decoding is shown
+    by the current progress reporter (:func:`cnnlab._progress.current_reporter`: quiet unless the runner
+    installed one); ``for_cache``: the caller keeps the result in the decode cache, and the first
+    line says so (the wait is once)."""
     where = f"archive {printable(path)}" if path.is_file() else f"folder {printable(path)}"
     reader = _SourceReader(path, where)
-    decoded = _decode_all(reader, size, where)
+    reporter = current_reporter()
+    shown_as = f"{'archive' if path.is_file() else 'folder'} {printable(path.name)}"  # the name: one short line
+    note = ""
+    total = None
+    if reporter.mode is not Mode.QUIET:  # the total costs a walk of a directory's names
+        total = reader.total()
+        note = f", {fmt_bytes(total)}" if path.is_file() else f", {total:,} image files"
+    if for_cache:
+        note += " (once: later runs read the decoded images from the cache)"
+    with reporter.task(f"decoding {shown_as}", total, note=note) as task:
+        decoded = _decode_all(reader, size, where, task)
+        task.finish(f"decoded {len(decoded):,} images of {shown_as} in {task.seconds:.1f} s")
     if reader.special:
         warnings.warn(f"skipped {len(reader.special)} special file(s) (FIFOs, sockets or devices, never opened) "
                       f"in {where}: {short_list(reader.special, 5)}", stacklevel=2)

@@ -20,11 +20,14 @@ import json
 import math
 import operator
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from .._progress import fmt_duration
 from ..errors import UserError
 from ..lifecycle import Stop, StopReason
 from ..registry import Registry
@@ -97,6 +100,12 @@ class EarlyStopping(Callback):
         self.patience = patience
         self.wait = 0
         self.stopped_epoch = 0
+
+    def epochs_to_stop(self) -> int | None:
+        """The epochs from the last completed one to the end of the one after which this callback
+        stops the run if the monitored metric does not improve again (at least 1); None when it is
+        off (``patience = 0``)."""
+        return max(1, self.patience - self.wait) if self.patience else None
 
     def on_fit_start(self, trainer: "Trainer") -> None:
         if self.stopped_epoch and trainer.stop is None:
@@ -308,53 +317,179 @@ def _fmt(v: Any, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-def epoch_line(logs: dict[str, Any], epochs: int) -> str:
-    """One summary line for an epoch."""
+def epoch_line(logs: dict[str, Any], epochs: int, eta: str | None = None) -> str:
+    """One summary line for an epoch; ``eta``: the run's time left (:meth:`Eta.text`), appended
+    as ``| eta ...`` when given."""
     return (
         f"epoch {logs['epoch']:>3}/{epochs}  train loss {_fmt(logs['train_loss'], '.4f')} "
         f"acc {_fmt(logs['train_acc'], '.4f')} | val loss {_fmt(logs.get('val_loss'), '.4f')} "
         f"acc {_fmt(logs.get('val_acc'), '.4f')} | lr {logs['lr']:.2e} | "
         f"{logs['images_per_s']:,.0f} img/s | {logs['seconds']:.1f}s"
+        + (f" | eta {eta}" if eta else "")
     )
+
+
+@dataclass(frozen=True)
+class Eta:
+    """What :meth:`RunEta.estimate` says, in seconds (None: nothing measured yet)."""
+
+    epoch_left: float | None  # to the end of the current epoch's training steps (0 between epochs)
+    run_left: float | None  # to the end of the planned last epoch
+    early_epoch: int | None = None  # the epoch early stopping ends the run after, if the metric does not improve
+    early_left: float | None = None  # to the end of early_epoch
+
+    def text(self, after_run: str = "") -> str | None:
+        """The run's time left: ``1:23`` or ``1:23 (0:20 if early stopping ends it after epoch 5)``,
+        ``after_run`` following the first time; ASCII (log files). None before anything is measured."""
+        if self.run_left is None:
+            return None
+        out = fmt_duration(self.run_left) + after_run
+        if self.early_epoch is not None and self.early_left is not None:
+            out += f" ({fmt_duration(self.early_left)} if early stopping ends it after epoch {self.early_epoch})"
+        return out
+
+
+class RunEta:
+    """Time left in the epoch and in the run, from the times measured with ``clock`` (seconds;
+    tests give a fake one). ``epochs``: the planned number of epochs.
+
+    The caller reports :meth:`epoch_started`, :meth:`step` (steps done of the epoch's steps) and
+    :meth:`epoch_ended`; :meth:`estimate` does the arithmetic:
+
+    - an epoch's duration runs from ``epoch_started`` to ``epoch_ended`` (its steps, evaluation,
+      checkpoints: all of it). The time per epoch ``T`` is the mean duration of the epochs measured
+      so far (by this object: a resumed run starts measuring afresh); before any epoch has ended it
+      is the current epoch's steps at their rate so far, and unknown before the first step;
+    - the current epoch has left its remaining steps at this epoch's rate so far, plus the mean
+      time the ended epochs spent outside their steps (evaluation, checkpoints); between epochs,
+      nothing;
+    - to the end of epoch ``K`` (``K`` > the ``done`` epochs): the current epoch's time left plus
+      ``T`` for each epoch after it, up to ``K``: between epochs ``(K - done) * T``;
+    - early stopping (``stop_after``, from :meth:`EarlyStopping.epochs_to_stop`: patience minus the
+      epochs since the best) ends the run after epoch ``done + stop_after`` unless the metric
+      improves first. When that is before the planned end, the estimate gives that epoch and the
+      time to it as well: the run takes between that and ``run_left``.
+
+    Example: 10 epochs planned, 3 ended at 2 s each: 14 s left; with patience 3 and 1 epoch since
+    the best: early stopping would end it after epoch 5, 4 s from now.
+    """
+
+    def __init__(self, epochs: int, clock: Callable[[], float] = time.perf_counter):
+        self.epochs, self.clock = epochs, clock
+        self.durations: list[float] = []  # seconds of each ended epoch
+        self.outside: list[float] = []  # seconds each ended epoch spent after its last step
+        self._start: float | None = None  # when the current epoch started; None between epochs
+        self._steps = (0, 0, 0.0)  # (steps done, steps of the epoch, when the last one ended)
+
+    def epoch_started(self) -> None:
+        self._start, self._steps = self.clock(), (0, 0, 0.0)
+
+    def step(self, done: int, steps: int) -> None:
+        """``done`` of the epoch's ``steps`` optimizer steps have ended."""
+        self._steps = (done, steps, self.clock())
+
+    def epoch_ended(self) -> None:
+        if self._start is None:
+            return
+        now = self.clock()
+        self.durations.append(now - self._start)
+        done, _, last = self._steps
+        self.outside.append(now - last if done else 0.0)
+        self._start = None
+
+    def estimate(self, done: int, stop_after: int | None = None) -> Eta:
+        """The estimate after ``done`` completed epochs (see the class docstring); ``stop_after``:
+        the early-stopping callback's ``epochs_to_stop()``, None when it cannot end the run."""
+        in_epoch = self._start is not None
+        current, per_epoch = 0.0, None
+        if self.durations:
+            per_epoch = sum(self.durations) / len(self.durations)
+        if in_epoch:
+            steps_done, steps, last = self._steps
+            if steps_done:
+                rate = (last - self._start) / steps_done  # seconds per step in this epoch
+                overhead = sum(self.outside) / len(self.outside) if self.outside else 0.0
+                current = (steps - steps_done) * rate + overhead
+                per_epoch = per_epoch if per_epoch is not None else steps * rate
+            elif per_epoch is not None:
+                current = max(0.0, per_epoch - (self.clock() - self._start))
+        if per_epoch is None:
+            return Eta(None, None)
+
+        def left(last_epoch: int) -> float:
+            after = last_epoch - done - (1 if in_epoch else 0)  # whole epochs after the current one
+            return current + max(0, after) * per_epoch
+
+        run_left = left(self.epochs)
+        early = done + stop_after if stop_after is not None else None
+        if early is None or early >= self.epochs:
+            return Eta(current, run_left)
+        return Eta(current, run_left, early, left(early))
 
 
 @CALLBACKS.register("progress")
 class Progress(Callback):
-    """A rich progress bar per epoch on a terminal (loss, accuracy, lr, images/s); one summary line
-    per epoch otherwise. The running loss is read at most ~20 times per epoch: each read is a
-    device sync."""
+    """A rich progress bar per epoch on a terminal (loss, accuracy, lr, images/s, the epoch's and
+    the run's time left); one summary line per epoch otherwise, ending with the run's time left
+    (``| eta M:SS``). The running loss is read at most ~20 times per epoch: each read is a device
+    sync. ``early_stopping``: the run's early-stopping callback, whose patience can end the run
+    before ``epochs`` (the estimate then says when at the earliest). ``clock``: seconds, for
+    :class:`RunEta`."""
 
-    def __init__(self, epochs: int, enabled: bool = True, stream=None):
+    def __init__(self, epochs: int, enabled: bool = True, stream=None, early_stopping: EarlyStopping | None = None,
+                 clock: Callable[[], float] = time.perf_counter):
         self.epochs = epochs
         self.enabled = enabled
         self.stream = stream or sys.stdout
         self.tty = enabled and self.stream.isatty()
+        self.early_stopping = early_stopping
+        self.eta = RunEta(epochs, clock)
         self._bar = None
         self._task = None
 
+    def _estimate(self, trainer: "Trainer") -> Eta:
+        stop_after = self.early_stopping.epochs_to_stop() if self.early_stopping is not None else None
+        return self.eta.estimate(trainer.epoch, stop_after)
+
+    def _bar_eta(self, trainer: "Trainer") -> str:
+        """The bar's last column: ``0:03 left · run ≈ 1:23 left`` (and when early stopping could end it)."""
+        est = self._estimate(trainer)
+        run = est.text(" left")
+        return "" if run is None else f"{fmt_duration(est.epoch_left or 0.0)} left · run ≈ {run}"
+
     def on_epoch_start(self, trainer: "Trainer") -> None:
+        self.eta.epoch_started()
         if not self.tty:
             return
+        from rich.console import Console  # rich only where a terminal draws (it costs start-up time)
         from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
 
         self._bar = Bar(TextColumn(f"epoch {trainer.epoch + 1}/{self.epochs}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), transient=True)
-        self._task = self._bar.add_task("train", total=trainer.steps_per_epoch, info="")
+                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("{task.fields[eta]}"),
+                        console=Console(file=self.stream), transient=True)
+        self._task = self._bar.add_task("train", total=trainer.steps_per_epoch, info="", eta=self._bar_eta(trainer))
         self._bar.start()
 
     def on_train_batch_end(self, trainer: "Trainer", step: int, steps: int) -> None:
         if self._bar is None:
             return
+        self.eta.step(step + 1, steps)
         every = max(1, steps // 20)
-        info = None
+        fields = {}
         if (step + 1) % every == 0 or step + 1 == steps:
             loss, acc = trainer.running_metrics()
-            info = f"loss {loss:.4f} acc {acc:.4f} lr {trainer.current_lr():.2e} {trainer.running_rate():,.0f} img/s"
-        self._bar.update(self._task, completed=step + 1, **({"info": info} if info else {}))
+            fields["info"] = (f"loss {loss:.4f} acc {acc:.4f} lr {trainer.current_lr():.2e} "
+                              f"{trainer.running_rate():,.0f} img/s")
+            fields["eta"] = self._bar_eta(trainer)
+        self._bar.update(self._task, completed=step + 1, **fields)
 
     def on_epoch_end(self, trainer: "Trainer", logs: dict[str, Any]) -> None:
+        self.eta.epoch_ended()
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
         if self.enabled:
-            print(epoch_line(logs, self.epochs), file=self.stream, flush=True)
+            # No estimate for the last epoch, nor for one after which the run stops.
+            last = trainer.stop is not None or trainer.epoch >= self.epochs
+            eta = None if last else self._estimate(trainer).text()
+            print(epoch_line(logs, self.epochs, eta), file=self.stream, flush=True)
