@@ -3,12 +3,12 @@ the table is the one in each run's metrics.json / history.jsonl, in print and on
 
 from __future__ import annotations
 
-import html
 import re
 import shutil
 from pathlib import Path
 
 import pytest
+from markupsafe import escape
 
 import cnnlab
 from cnnlab import rundir as rd
@@ -16,6 +16,8 @@ from cnnlab.lifecycle import read_status
 from cnnlab.cli import main
 from cnnlab.report.compare import compare_rows, default_out_dir, write_compare
 from cnnlab.rundir import COMPARE
+
+from .pagetext import outside_scripts
 
 BASE = {"seed": 0, "report": False, "data": {"dataset": "digits", "val_fraction": 0.1},
         "train": {"epochs": 2, "batch_size": 64, "device": "cpu"}}
@@ -77,7 +79,8 @@ def test_compare_page_and_printed_table(two_runs, tmp_path, capsys):
     for key in ("compare_curves", "compare_per_class"):
         assert (out / "figures" / f"{key}.png").stat().st_size > 0
     assert len(re.findall(r'<img src="data:image/png;base64,', text)) == 2
-    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text)
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", outside_scripts(text))
+    assert 'id="chart-compare-curves"' in text  # the overlaid curves, interactive
 
 
 def test_default_output_goes_next_to_the_runs(two_runs):
@@ -85,8 +88,8 @@ def test_default_output_goes_next_to_the_runs(two_runs):
     assert out.parent == two_runs[0].parent.parent.resolve() / "compare"
     path = write_compare(list(two_runs), None)
     assert path.parent.parent == two_runs[0].parent.parent.resolve() / "compare" and path.exists()
-    html_text = path.read_text()
-    assert html.escape("[red]<i>mlp") in html_text
+    page = path.read_text()
+    assert escape("[red]<i>mlp") in page
 
 
 def test_compare_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):

@@ -8,6 +8,7 @@ import io
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
+from matplotlib.transforms import Bbox
 from PIL import Image
 
 from cnnlab.report import plots
@@ -118,3 +119,63 @@ def test_the_objective_plot_numbers_trials_as_the_table_does():
     assert list(ax.lines[0].get_xdata()) == [0, 2, 3] and "numbered in the table" in ax.get_xlabel()
     stages = plots.sweep_history_figure([0.5, 0.9, 0.7], "maximize", "val_acc", trials=[0, 0, 1])  # repeats
     assert list(stages.axes[0].lines[0].get_xdata()) == [0, 1, 2] and "from 0" in stages.axes[0].get_xlabel()
+
+
+def _bars_and_legend(fig: Figure):
+    """(each bar's box as drawn: clipped to the axes, the legend's box), in display pixels."""
+    fig.draw_without_rendering()  # lay out (constrained) so the extents are the saved ones
+    ax = fig.axes[0]
+    frame = ax.get_window_extent()
+    bars = [Bbox.intersection(p.get_window_extent(), frame) for p in ax.patches if np.isfinite(p.get_height())]
+    return bars, fig.legends[0].get_window_extent()
+
+
+def test_per_class_bars_keep_their_legend_off_the_bars():
+    """Ten classes, three runs, values up to 1.0 (the compare page's case): the legend sits under the
+    axes, where no bar is."""
+    rng = np.random.default_rng(0)
+    runs = {f"run {i} with a long name": list(rng.uniform(0.9, 1.0, 10)) for i in range(3)}
+    runs["run 0 with a long name"][7:] = [1.0, 1.0, 1.0]
+    fig = plots.grouped_bars_figure([str(c) for c in range(10)], runs, "test accuracy")
+    bars, legend = _bars_and_legend(fig)
+    assert len(bars) == 30 and all(b is not None for b in bars) and fig.axes[0].get_legend() is None
+    assert not any(legend.overlaps(b) for b in bars)
+    assert legend.y1 <= fig.axes[0].get_window_extent().y0  # below the axes
+    decode(fig)
+
+
+def test_per_class_bars_zoom_to_the_values_and_say_so():
+    fig = plots.grouped_bars_figure(["cat", "dog"], {"a": [0.97, 1.0], "b": [0.98, None]}, "test accuracy")
+    lo, hi = fig.axes[0].get_ylim()
+    assert 0.9 < lo < 0.97 and hi == 1.0  # 0.97 and 1.00 differ by a third of the axis, not 3 %
+    assert f"axis from {lo:.3g}, not 0" in fig.axes[0].get_ylabel()
+    wide = plots.grouped_bars_figure(["cat", "dog"], {"a": [0.1, 0.9]}, "test accuracy")
+    assert wide.axes[0].get_ylim() == (0.0, pytest.approx(1.0)) and "axis from" not in wide.axes[0].get_ylabel()
+    assert plots.zoomed_limits([None, float("nan")]) is None
+    assert plots.zoomed_limits([0.5, 0.5]) == pytest.approx((0.49, 0.51))  # equal values: a small span
+    assert plots.zoomed_limits([2.0, 4.0]) == pytest.approx((1.0, 4.3))  # not shares: no clamp to [0, 1]
+
+
+def test_sweep_parameter_panels_are_half_a_page_wide_each():
+    """Six parameters: two panels to a row (not six squeezed into one strip), each drawn at least
+    450 px wide in the saved PNG, sharing the objective's axis."""
+    keys = ["train.lr", "model.channels", "data.augment.crop_padding", "train.batch_size", "a.dropout", "b.dropout"]
+    values = [0.5, 0.7, 0.6, 0.65]
+    params = {k: [1e-3, 1e-2, 1e-1, 1.0] if k == "train.lr" else ["x", "y", "x", "y"] for k in keys}
+    fig = plots.sweep_params_figure(params, values, "val.accuracy")
+    fig.draw_without_rendering()
+    boxes = [ax.get_window_extent() for ax in fig.axes]
+    assert len(boxes) == 6 and len({round(b.x0) for b in boxes}) == 2 and len({round(b.y0) for b in boxes}) == 3
+    assert min(b.width for b in boxes) >= 450 and decode(fig).width <= 1200  # fits a 1,120 px page unscaled
+    assert [ax.get_xlabel() for ax in fig.axes] == keys
+    assert fig.axes[0].get_xscale() == "log"
+    one = plots.sweep_params_figure({"train.lr": [1e-3, 1e-1]}, [0.5, 0.6], "val.accuracy")
+    assert len(one.axes) == 1
+    odd = plots.sweep_params_figure({k: [1, 2] for k in "abc"}, [0.5, 0.6], "m")
+    assert len(odd.axes) == 3  # the fourth cell of the 2 x 2 grid is removed, not drawn empty
+
+
+def test_the_objective_plot_labels_each_trial_with_its_table_number():
+    fig = plots.sweep_history_figure([0.5, 0.9, 0.7], "maximize", "val_acc", trials=[0, 2, 5])
+    ax = fig.axes[0]
+    assert list(ax.get_xticks()) == [0, 2, 5] and [t.get_text() for t in ax.get_xticklabels()] == ["0", "2", "5"]

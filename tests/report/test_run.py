@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import html
 import io
 import json
 import re
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from markupsafe import escape
 from PIL import Image
 
 import cnnlab
@@ -26,8 +26,12 @@ from cnnlab.sweep import sweep
 from cnnlab.data import load_data
 from cnnlab.experiment import load_config
 from cnnlab.report import report_after_run, write_report, write_runs_index, write_sweep_report
+from cnnlab.report.compare import write_compare
 from cnnlab.report import run as report_run
 from cnnlab.rundir import REPORT
+from cnnlab.report.charts import plotly_script
+
+from .pagetext import outside_scripts
 
 CNN = {
     "name": "rep_cnn", "seed": 0, "report": False,
@@ -124,11 +128,14 @@ def test_report_shows_the_metric_values_of_metrics_json(cnn_run):
     # Summary facts: the parameter count of the model and the resolved config.
     model = cnnlab.Run(cnn_run).model
     assert f"{sum(p.numel() for p in model.parameters()):,}" in summary
-    assert html.escape((cnn_run / rd.CONFIG).read_text()) in section(text, "config")
+    assert escape((cnn_run / rd.CONFIG).read_text()) in section(text, "config")
 
 
 def test_report_is_self_contained(cnn_run):
-    text = page(cnn_run)
+    full = page(cnn_run)
+    # plotly.js once (the curves chart), and no script or link of anyone else's.
+    assert full.count(plotly_script()) == 1 and 'class="cnnlab-chart" id="chart-curves"' in full
+    text = outside_scripts(full)
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text, re.I)
     assert "<script" not in text.lower() and "@import" not in text and "url(" not in text
     assert '<meta name="viewport"' in text
@@ -140,12 +147,37 @@ def test_class_and_run_names_are_escaped(evil_run):
     text = page(evil_run)
     for name in EVIL + ["<em>evil<em> & run"]:
         assert name not in text
-        assert html.escape(name) in text
-    assert "<script" not in text.lower() and "<img src=x" not in text
+        assert escape(name) in text
+    assert "<script" not in outside_scripts(text).lower() and "<img src=x" not in text
     # The per-class rows carry the escaped names next to their metrics.
     t = rd.read_json(evil_run / rd.METRICS)["test"]
-    assert f"<td>{html.escape(EVIL[0])}</td><td>{t['per_class']['precision'][0]:.4f}</td>" in text
+    assert f"<td>{escape(EVIL[0])}</td><td>{t['per_class']['precision'][0]:.4f}</td>" in text
     assert (evil_run / "figures" / "confusion_test.png").exists()
+
+
+def test_every_page_shows_user_strings_as_text(evil_run, cnn_run, tmp_path):
+    """Class names, the run name, diagnostics and config values that are HTML: the run report, the
+    comparison and the runs index show each as text, and nothing of them runs or loads."""
+    d = tmp_path / "runs" / "x" / "run"
+    shutil.copytree(evil_run, d)
+    script = "<script>alert(1)</script>"
+    rd.atomic_write_json(d / rd.DIAGNOSTICS, {"created": script, "counts": {script: 1}, "findings": [
+        {"id": script, "severity": script, "title": script, "evidence": script, "why": script, "remedies": [script]}]})
+    env = rd.read_json(d / rd.ENV)
+    rd.atomic_write_json(d / rd.ENV, {**env, script: script})
+    pages = {"report": write_report(d), "compare": write_compare([d, cnn_run], tmp_path / "cmp"),
+             "index": write_runs_index(tmp_path / "runs")}
+    for name, path in pages.items():
+        text = path.read_text()
+        for raw in (script, "<img src=x", "<em>evil", EVIL[1]):
+            assert raw not in text, (name, raw)
+        assert "<script" not in outside_scripts(text).lower(), name
+        assert str(escape("<em>evil<em> & run")) in text, name
+    report, compare = (pages[k].read_text() for k in ("report", "compare"))
+    assert section(report, "diagnostics").count(str(escape(script))) >= 6  # every field of the finding
+    assert str(escape(script)) in section(report, "config")  # env.json keys and values
+    for name in EVIL:
+        assert str(escape(name)) in report and str(escape(name)) in compare  # class names
 
 
 def test_given_data_is_used_instead_of_loading_it(cnn_run, tmp_path, monkeypatch):

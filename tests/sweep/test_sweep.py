@@ -347,9 +347,9 @@ def test_bad_sweep_file_exits_2(tmp_path, capsys, case):
     assert not (tmp_path / "sweeps").exists()  # nothing is created for a bad file
 
 
-def test_a_finished_sweep_writes_its_report_and_trials_skip_theirs(tmp_path, monkeypatch):
+def test_a_finished_sweep_writes_its_report_and_the_best_trials_theirs(tmp_path, monkeypatch):
     """The end of a sweep: report.html in the sweep directory (the ranked table and figures); its
-    trials write no per-trial report unless the experiment asks for one."""
+    trials write no report while training, the best TRIAL_REPORTS get one at the end (here: both)."""
     monkeypatch.delenv("CNNLAB_REPORT")  # conftest switches reports off for the suite
     body = GRID8.replace('name = "grid8"', 'name = "rep"').replace('"model.hidden_layers" = [1, 2]\n', "")
     body = body.replace("train.batch_size = [32, 64]", "")
@@ -358,7 +358,7 @@ def test_a_finished_sweep_writes_its_report_and_trials_skip_theirs(tmp_path, mon
     d = only_dir(tmp_path / "sweeps" / "rep")
     page = (d / "report.html").read_text()
     assert "trial" in page and "data:image/png;base64," in page
-    assert not list((d / "trials").glob("*/*/report.html"))
+    assert len(list((d / "trials").glob("*/*/report.html"))) == 2
 
 
 @pytest.mark.slow

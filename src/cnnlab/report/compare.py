@@ -10,7 +10,8 @@ each figure also saved under ``figures/``.
 
 Default output folder: ``<runs root>/compare/<timestamp>/``, where the runs root is the folder
 that holds the runs' name folders (``runs/`` for ``runs/<name>/<timestamp>``; the deepest folder
-common to all runs when they come from different roots).
+common to all runs when they come from different roots). The page's sections are the macros of
+``templates/compare.html``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from .. import rundir as rd
 from ..catalog import differing_keys, read_config
 from ..errors import UserError
 from ..lifecycle import read_status, shown_status
-from .html import Page, fmt, fmt_seconds, href, join, note, table, tag
+from ._page import Page
+from .charts import compare_curves_chart
+from .html import Section, fmt, fmt_seconds, href, note, page_template
 from .plots import compare_curves_figure, grouped_bars_figure
 from .run import parameter_count
 
@@ -191,31 +194,29 @@ def write_compare(run_dirs: list[str | Path], out_dir: str | Path | None = None,
     page = Page("cnnlab comparison: " + ", ".join(r["label"] for r in rows), out,
                 f"{len(rows)} runs; macro and per-class columns on the {HEADLINE_SPLIT} split")
     head, body = table_rows(rows, PAGE_MAX_CLASSES)
-    links = []
-    for r in rows:
-        rep = r["dir"] / rd.REPORT
-        links.append(tag("li", tag("b", r["label"]), ": ",
-                         tag("a", "report", href=href(rep, out)) if rep.exists() else "no report yet",
-                         " (", str(r["dir"]), ")"))
-    k = len(_classes(rows))
-    sections = [("table", "Side by side", join([
-        table(head, body),
-        *([note(f"per-class accuracy of the first {PAGE_MAX_CLASSES} of {k} classes.")] if k > PAGE_MAX_CLASSES else []),
-        tag("p", "Accuracy per split and the test split's macro averages from each run's metrics.json; "
-                 "per-class accuracy = the class's recall on the test split; parameters counted on the model of the "
-                 "best checkpoint; training time = the epochs' seconds; images/s = mean training throughput."),
-        tag("ul", *links)]))]
-    figs = [page.figure("compare_curves", compare_curves_figure({r["label"]: r["history"] for r in rows}),
-                        "Training loss, validation loss and validation accuracy per epoch of each run (runs without a "
-                        "validation split show their training values).")]
+    runs = [{"label": r["label"], "dir": str(r["dir"]),
+             "report": href(r["dir"] / rd.REPORT, out) if (r["dir"] / rd.REPORT).exists() else None} for r in rows]
     classes = _classes(rows)
+    k = len(classes)
+    template = page_template("compare")
+    sections = [Section("table", "Side by side", template.side_by_side(head, body, min(k, PAGE_MAX_CLASSES), k, runs))]
+    curves_caption = ("Training loss, validation loss and validation accuracy per epoch of each run (runs without a "
+                      "validation split show their training values).")
+    curves = page.figure("compare_curves", compare_curves_figure({r["label"]: r["history"] for r in rows}),
+                         curves_caption)
+    per_class = None
     if classes and k <= BARS_MAX_CLASSES:
-        figs.append(page.figure("compare_per_class", grouped_bars_figure(
-            classes, {r["label"]: [r["per_class_acc"].get(c) for c in classes] for r in rows},
-            "test accuracy of the class"), "Per-class test accuracy (recall) of each run."))
+        fig = grouped_bars_figure(classes, {r["label"]: [r["per_class_acc"].get(c) for c in classes] for r in rows},
+                                  "test accuracy of the class")
+        low = fig.axes[0].get_ylim()[0]
+        per_class = page.figure("compare_per_class", fig, "Per-class test accuracy (recall) of each run" + (
+            f"; the axis starts at {low:.3g}, not 0, so that small differences show: compare the bars' tops, "
+            f"not their lengths." if low > 0 else "."))
     elif classes:
-        figs.append(note(f"{k} classes: per-class bars are drawn up to {BARS_MAX_CLASSES}; see the table."))
-    sections.append(("figures", "Curves and per-class accuracy", join(figs)))
+        per_class = note(f"{k} classes: per-class bars are drawn up to {BARS_MAX_CLASSES}; see the table.")
+    interactive = page.chart(compare_curves_chart({r["label"]: r["history"] for r in rows}, chart_id="chart-compare-curves"),
+                             curves_caption)
+    sections.append(Section("figures", "Curves and per-class accuracy", template.figures(curves, per_class, interactive)))
     path = out / rd.COMPARE
     rd.atomic_write_text(path, page.render(sections))
     return path

@@ -1,4 +1,6 @@
-"""The runs index: ``<root>/index.html`` linking every run, sweep and comparison page found under a folder."""
+"""The runs index: ``<root>/index.html`` linking every run, sweep and comparison page found under a
+folder. Its sections are the macros of ``templates/index.html``; it draws no figure, so it imports
+no matplotlib (``cnnlab runs --html`` stays quick)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from pathlib import Path
 from .. import rundir as rd
 from ..errors import UserError
 from ..catalog import find_dirs, find_runs, summarize
-from .html import Markup, Page, esc, fmt, href, note, table, tag
+from .html import Hint, Link, Section, fmt, href, page_template, render_page
 
 
 def write_runs_index(root: str | Path) -> Path:
@@ -22,29 +24,28 @@ def write_runs_index(root: str | Path) -> Path:
     rows = []
     for d in find_runs(root):
         s = summarize(d)
-        rel = Path(os.path.relpath(d, root)).as_posix()
-        link = tag("a", "report", href=href(d / rd.REPORT, root)) if (d / rd.REPORT).exists() \
-            else Markup(f'<span title="{esc("cnnlab report " + str(d))}">no report yet</span>')
-        status = Markup(f'<span title="{esc(s.damaged)}">damaged</span>') if s.damaged else s.status
+        link = Link("report", href(d / rd.REPORT, root)) if (d / rd.REPORT).exists() \
+            else Hint("no report yet", f"cnnlab report {d}")
+        status = Hint("damaged", s.damaged) if s.damaged else s.status
         rows.append((s.started, [s.name, s.started, s.dataset, s.model, fmt(s.best_val_acc), fmt(s.test_acc),
-                                 status, rel, link]))
+                                 status, _rel(d, root), link]))
     rows.sort(key=lambda t: t[0], reverse=True)
-    page = Page(f"cnnlab runs in {root.name or root}", root, f"{root.resolve()}")
-    head = ["name", "date", "data set", "model", "best val acc", "test acc", "status", "directory", "report"]
-    sections = [("runs", f"Runs ({len(rows)})", table(head, [r for _, r in rows]) if rows else
-                 note(f"no runs under {root} (start one with `cnnlab run EXPERIMENT.toml`)."))]
-    sweeps = [d for d in find_dirs(root, rd.SWEEP_JSON)]
+    template = page_template("index")
+    sections = [Section("runs", f"Runs ({len(rows)})", template.runs([r for _, r in rows], str(root)))]
+    sweeps = sorted(find_dirs(root, rd.SWEEP_JSON))
     if sweeps:
-        srows = []
-        for d in sorted(sweeps):
-            link = tag("a", "report", href=href(d / rd.REPORT, root)) if (d / rd.REPORT).exists() else "no report yet"
-            srows.append([Path(os.path.relpath(d, root)).as_posix(), link])
-        sections.append(("sweeps", "Sweeps", table(["directory", "report"], srows)))
+        sections.append(Section("sweeps", "Sweeps", template.sweeps([
+            [_rel(d, root), Link("report", href(d / rd.REPORT, root)) if (d / rd.REPORT).exists() else "no report yet"]
+            for d in sweeps])))
     compares = sorted(find_dirs(root, rd.COMPARE))
     if compares:
-        sections.append(("comparisons", "Comparisons", table(
-            ["directory", "page"], [[Path(os.path.relpath(d, root)).as_posix(),
-                                     tag("a", "compare", href=href(d / rd.COMPARE, root))] for d in compares])))
+        sections.append(Section("comparisons", "Comparisons", template.comparisons([
+            [_rel(d, root), Link("compare", href(d / rd.COMPARE, root))] for d in compares])))
     out = root / rd.INDEX
-    rd.atomic_write_text(out, page.render(sections))
+    rd.atomic_write_text(out, render_page(f"cnnlab runs in {root.name or root}", sections, f"{root.resolve()}"))
     return out
+
+
+def _rel(d: Path, root: Path) -> str:
+    """``d`` relative to ``root``, with forward slashes (as the page shows it)."""
+    return Path(os.path.relpath(d, root)).as_posix()

@@ -331,24 +331,57 @@ def compare_curves_figure(histories: dict[str, list[dict[str, Any]]]) -> Figure:
 def grouped_bars_figure(categories: list[str], values: dict[str, list[float | None]],
                         ylabel: str, title: str = "") -> Figure:
     """Bars of several series side by side per category (e.g. per-class test accuracy of each
-    run); a missing value (None) leaves a gap."""
+    run); a missing value (None) leaves a gap. The legend sits below the axes (never over a bar),
+    and the y axis spans the values with a margin (``zoomed_limits``), so 0.97 against 1.00 shows;
+    the axis label says where it starts when that is not 0."""
     import numpy as np
 
     k, m = len(categories), max(1, len(values))
     width = 0.8 / m
     with style():
-        fig = figure(min(14.0, 2.5 + 0.45 * k * max(1, m / 2)), 3.6)
+        fig = figure(min(14.0, 2.5 + 0.45 * k * max(1, m / 2)), 3.8)
         ax = fig.subplots()
         for i, (series, ys) in enumerate(values.items()):
             xs = np.arange(k) + (i - (m - 1) / 2) * width
             ax.bar(xs, [np.nan if v is None else v for v in ys], width, color=PALETTE[i % 7], label=plain(series, 40))
         labels = [plain(c, 14) for c in categories]
         ax.set_xticks(range(k), labels, rotation=90 if k > 8 and max(map(len, labels), default=0) > 2 else 0)
-        ax.set_ylabel(ylabel)
-        ax.legend()
+        limits = zoomed_limits([v for ys in values.values() for v in ys])
+        if limits is not None:
+            ax.set_ylim(*limits)
+        low = ax.get_ylim()[0]
+        ax.set_ylabel(plain(ylabel) + (f"\n(axis from {low:.3g}, not 0)" if low > 0 else ""))
+        handles, names = ax.get_legend_handles_labels()
+        if handles:
+            fig.legend(handles, names, loc="outside lower center", ncols=min(4, len(names)))
         if title:
             ax.set_title(plain(title))
     return fig
+
+
+def zoomed_limits(values: list[float | None], below: float = 0.5, above: float = 0.15, min_span: float = 0.02
+                  ) -> tuple[float, float] | None:
+    """y limits around the finite ``values``: their range, plus ``below`` of it under the lowest
+    (so the shortest bar still has a visible length) and ``above`` of it over the highest, at
+    least ``min_span`` in all; kept inside [0, 1] when the values are shares. None when there are
+    no finite values. Bars of 0.97 and 1.00 on a 0-1 axis look the same; on these they do not."""
+    import numpy as np
+
+    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return None
+    lo, hi = float(v.min()), float(v.max())
+    span = hi - lo
+    widen = max((min_span - span) / 2, 0.0)  # equal values: a small span around them
+    lo, hi = lo - span * below - widen, hi + span * above + widen
+    if v.min() >= 0 and v.max() <= 1:  # shares (accuracy, recall): no axis below 0 or above 1
+        lo, hi = max(0.0, lo), min(1.0, hi)
+    return lo, hi
+
+
+TRIAL_TICKS_MAX = 30  # the objective plot labels every trial up to this many (beyond: integer ticks)
+SWEEP_PARAM_COLUMNS = 2  # panels side by side in sweep_params_figure: ~500 px each on a 1,120 px page
 
 
 def sweep_history_figure(values: list[float], direction: str, metric: str, title: str = "",
@@ -368,7 +401,10 @@ def sweep_history_figure(values: list[float], direction: str, metric: str, title
         ax = fig.subplots()
         ax.plot(x, y, "o", color=PALETTE[0], label="trial")
         ax.step(x, best, where="post", color=PALETTE[1], label="best so far")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if numbered and len(x) <= TRIAL_TICKS_MAX:
+            ax.set_xticks(x, [str(t) for t in trials])  # a tick per trial, labelled with the table's number
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("trial (as numbered in the table)" if numbered else "completed trial (from 0)")
         ax.set_ylabel(plain(metric))
         ax.set_title(plain(title) if title else "objective per trial")
@@ -379,17 +415,23 @@ def sweep_history_figure(values: list[float], direction: str, metric: str, title
 def sweep_params_figure(params: dict[str, list[Any]], values: list[float], metric: str,
                         log: set[str] | frozenset[str] = frozenset(),
                         order: dict[str, list[str]] | None = None) -> Figure:
-    """The objective against each searched parameter, one panel per parameter: numbers on a
-    numeric axis (log scale for the keys in ``log``, or when they span two decades or more),
-    anything else as evenly spaced labels: ``order[key]`` (the sweep file's listed values, as
-    strings) when given, else in order of first appearance."""
+    """The objective against each searched parameter, one panel per parameter, SWEEP_PARAM_COLUMNS
+    panels to a row (each about as wide as half a page: readable, not shrunk to a strip), sharing
+    the objective's axis: numbers on a numeric axis (log scale for the keys in ``log``, or when
+    they span two decades or more), anything else as evenly spaced labels: ``order[key]`` (the
+    sweep file's listed values, as strings) when given, else in order of first appearance."""
     import numpy as np
 
     keys = list(params) or ["(no parameter)"]
+    ncols = min(len(keys), SWEEP_PARAM_COLUMNS)
+    nrows = -(-len(keys) // ncols)
     with style():
-        fig = figure(min(14.0, 3.4 * len(keys) + 0.4), 3.2)
-        axes = np.atleast_1d(fig.subplots(1, len(keys), squeeze=False)).ravel()
-        for ax, key in zip(axes, keys):
+        fig = figure(6.4 if ncols == 1 else 5.0 * ncols + 0.4, 3.2 * nrows + 0.2)
+        grid = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+        axes = grid.ravel()
+        for ax in axes[len(keys):]:  # an odd number of parameters: the last row's empty panel
+            ax.remove()
+        for i, (ax, key) in enumerate(zip(axes, keys)):
             xs = params.get(key, [])
             pts = [(x, v) for x, v in zip(xs, values) if x is not None and x != ""]
             listed = (order or {}).get(key)
@@ -404,7 +446,10 @@ def sweep_params_figure(params: dict[str, list[Any]], values: list[float], metri
                 labels = list(dict.fromkeys([*(listed or []), *(str(x) for x, _ in pts)]))
                 pos = {lab: i for i, lab in enumerate(labels)}
                 ax.scatter([pos[str(x)] for x, _ in pts], [v for _, v in pts], color=PALETTE[0], alpha=0.8)
-                ax.set_xticks(range(len(labels)), [plain(lab, 16) for lab in labels], rotation=30)
+                ax.set_xticks(range(len(labels)), [plain(lab, 16) for lab in labels],
+                              rotation=30 if len(labels) > 4 else 0)
             ax.set_xlabel(plain(key))
-            ax.set_ylabel(plain(metric))
+            if i % ncols == 0:
+                ax.set_ylabel(plain(metric))
+            ax.tick_params(axis="y", labelleft=True)
     return fig

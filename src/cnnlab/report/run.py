@@ -3,11 +3,13 @@
 ``write_report(run_dir)`` reads what a run directory holds (config.toml, env.json, run.json,
 history.jsonl, steps.jsonl, metrics.json, predictions/, stats.jsonl, diagnostics.json, the best checkpoint and,
 for the example images, the run's data set) and writes ``report.html`` beside it, with every
-figure inlined as a base64 PNG and also saved as ``figures/<key>.png`` (:mod:`cnnlab.report.html`).
+figure inlined as a base64 PNG and also saved as ``figures/<key>.png`` (:mod:`cnnlab.report._page`).
 
 * Sections are entries of the ``SECTIONS`` registry, drawn in registration order; each is
-  ``fn(report: RunReport) -> Markup | None`` (None: nothing to show). A section that raises is
-  replaced by a visible note, so a failed or still-running run renders what exists.
+  ``fn(report: RunReport) -> Markup | None`` (None: nothing to show), the Markup rendered by a
+  template: the built-in ones by their macro in ``templates/run.html``, with the values the
+  section read (user strings stay plain strings: the template escapes them). A section that
+  raises is replaced by a visible note, so a failed or still-running run renders what exists.
 * Metrics are read from metrics.json (computed once by :mod:`cnnlab.metrics`), never recomputed.
 * Figures come from :mod:`cnnlab.report.plots` (one colorblind-safe style); the inside-the-model
   figures from :mod:`cnnlab.report.explain`: any error there leaves the figure out with a note.
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
+from markupsafe import Markup
 
 from .. import rundir as rd
 from ..config import flatten
@@ -40,7 +43,9 @@ from ..models import count_parameters
 from ..registry import Registry
 from ..train import read_stats
 from .explain import gradient_flow_figures, model_figures
-from .html import Markup, Page, fmt, fmt_seconds, join, kv_table, note, table, tag
+from ._page import Page
+from .charts import curves_chart
+from .html import Section, fmt, fmt_seconds, note, page_template
 from .plots import confusion_figure, curves_figure, image_grid_figure, roc_figure, steps_figure
 from .sweep import is_sweep_dir, write_sweep_report
 
@@ -59,7 +64,6 @@ FIGURE_SPLITS = ("test",)
 ROC_CURVES_MAX_CLASSES = 100
 
 
-# =========================================================================================== HTML
 # ===================================================================================== run report
 SECTIONS: Registry[Callable[["RunReport"], "Markup | None"]] = Registry("report section")
 # Finding id (diagnostics.json) -> fn(report, finding dict) -> Figure | None: a figure drawn under
@@ -237,6 +241,8 @@ def _load_model_cpu(run_dir: Path):
 
 
 # ----------------------------------------------------------------------------------- sections
+# Each built-in section reads the run and hands plain values (user strings as they are) to its
+# macro in templates/run.html; figures arrive as rendered Markup from r.page.figure.
 @SECTIONS.register("summary", summary="name, data, model, device, duration, final metrics")
 def section_summary(r: RunReport) -> Markup:
     st, env, cfg = r.status, r.env, r.cfg
@@ -257,7 +263,7 @@ def section_summary(r: RunReport) -> Markup:
         meta = {}
     device = env.get("device", "-") + (f" ({env['device_name']})" if env.get("device_name") else "")
     best = r.best_epoch()
-    items: list[tuple[Any, Any]] = [
+    items: list[tuple[str, Any]] = [
         ("run", r.name),
         ("status", status),
         ("directory", str(r.dir)),
@@ -275,9 +281,7 @@ def section_summary(r: RunReport) -> Markup:
         ("finished", st.get("finished", st.get("updated", "-"))),
         ("seed", cfg.seed if cfg else env.get("seed", "-")),
     ]
-    out = [kv_table(items)]
-    if r.cfg_error:
-        out.append(note(f"config.toml does not load with this cnnlab: {r.cfg_error}"))
+    rows = None
     if r.metrics:
         rows = []
         for split, m in r.metrics.items():
@@ -286,20 +290,13 @@ def section_summary(r: RunReport) -> Markup:
             mac = m.get("macro", {})
             rows.append([split, fmt(m.get("n")), fmt(m["accuracy"]), fmt(m.get("loss")), fmt(mac.get("precision")),
                          fmt(mac.get("recall")), fmt(mac.get("f1")), fmt(mac.get("auc"))])
-        out.append(tag("h3", "final metrics"))
-        out.append(table(["split", "images", "accuracy", "loss", "macro precision", "macro recall", "macro F1",
-                          "macro AUC"], rows))
-    else:
-        out.append(note("no metrics.json: the run has not finished its final evaluation (still running, "
-                        "interrupted, or failed before it)."))
-    return join(out)
+    return page_template("run").summary(items, r.cfg_error, rows)
 
 
 @SECTIONS.register("curves", summary="loss, accuracy and learning rate per epoch; per step with [log] every_steps")
 def section_curves(r: RunReport) -> Markup:
-    per_step = _steps_figure(r)
     if not r.history:
-        return join([note("no epoch has finished yet: history.jsonl is empty."), *per_step])
+        return page_template("run").curves(None, _steps_figure(r))
     best, stop = r.best_epoch(), r.stop_epoch()
     fig = curves_figure(r.history, best, stop)
     marks = []
@@ -307,75 +304,78 @@ def section_curves(r: RunReport) -> Markup:
         marks.append(f"the dashed line marks the best epoch ({best}, whose weights best.pt holds)")
     if stop:
         marks.append(f"the dotted line the early stop after epoch {stop}")
+    said = "; ".join(marks)
     caption = ("Loss and accuracy of the training split (as trained: augmented, dropout on) and the validation "
-               "split per epoch; the learning rate at each epoch's end. " + "; ".join(marks) + ("." if marks else ""))
-    return join([r.page.figure("curves", fig, caption), *per_step])
+               "split per epoch; the learning rate at each epoch's end. " + said[:1].upper() + said[1:] + ("." if said else ""))
+    return page_template("run").curves(r.page.figure("curves", fig, caption), _steps_figure(r),
+                                       r.page.chart(curves_chart(r.history, best, stop, chart_id="chart-curves"), caption))
 
 
-def _steps_figure(r: RunReport) -> list[Markup]:
-    """The per-step figure (figures/steps.png) when steps.jsonl holds at least two steps, else nothing."""
+def _steps_figure(r: RunReport) -> Markup | None:
+    """The per-step figure (figures/steps.png) when steps.jsonl holds at least two steps, else None."""
     if len(r.steps) < 2:
-        return []
+        return None
     cfg_every = r.cfg.log.every_steps if r.cfg else None
     every = f"every {cfg_every} optimizer steps" if cfg_every else "at the logged optimizer steps"
     caption = (f"Training loss and accuracy of single batches (as trained: augmented, dropout on), {every} "
                f"(steps.jsonl, [log] every_steps).")
-    return [r.page.figure("steps", steps_figure(r.steps), caption)]
+    return r.page.figure("steps", steps_figure(r.steps), caption)
 
 
-def _per_class_table(m: dict[str, Any]) -> Markup:
+_PER_CLASS_COLUMNS = ("precision", "recall", "specificity", "f1", "auc")
+
+
+def _per_class(split: str, m: dict[str, Any]) -> dict[str, Any]:
+    """One split's context for the metrics macro: the per-class rows (at most PER_CLASS_MAX_ROWS),
+    the macro and weighted averages, and whether the table folds."""
     pc, names = m["per_class"], [str(c) for c in m["class_names"]]
     k = len(names)
-    cols = ("precision", "recall", "specificity", "f1", "auc")
-    head = ["class", "precision", "recall (sensitivity)", "specificity", "F1", "AUC", "support"]
-    rows = [[names[i], *[fmt(pc[c][i]) for c in cols], fmt(pc["support"][i])] for i in range(min(k, PER_CLASS_MAX_ROWS))]
+    rows = [[names[i], *[fmt(pc[c][i]) for c in _PER_CLASS_COLUMNS], fmt(pc["support"][i])]
+            for i in range(min(k, PER_CLASS_MAX_ROWS))]
     total = int(sum(pc["support"]))
-    avg = [[Markup(f"<b>{label} avg</b>"), *[fmt(m[label].get(c)) for c in cols], fmt(total)]
-           for label in ("macro", "weighted")]
-    t = table(head, rows + avg, cls="per-class")
-    extra = [note(f"the first {PER_CLASS_MAX_ROWS} of {k} classes are listed; metrics.json holds all.")] \
-        if k > PER_CLASS_MAX_ROWS else []
-    if k > PER_CLASS_OPEN_ROWS:
-        return tag("details", tag("summary", f"per-class metrics of {k} classes"), t, *extra)
-    return join([t, *extra])
+    foot = [[f"{label} avg", *[fmt(m[label].get(c)) for c in _PER_CLASS_COLUMNS], fmt(total)]
+            for label in ("macro", "weighted")]
+    return {"name": split, "accuracy": fmt(m["accuracy"]), "n": fmt(m.get("n")), "k": k, "rows": rows, "foot": foot,
+            "folded": k > PER_CLASS_OPEN_ROWS, "cut": k > PER_CLASS_MAX_ROWS, "figures": []}
 
 
 @SECTIONS.register("metrics", summary="per-class metrics, confusion matrices and ROC curves per split")
 def section_metrics(r: RunReport) -> Markup:
     if not r.metrics:
         return note("no metrics.json yet: the run has not finished its final evaluation.")
-    out: list[Any] = [tag("p", "Per class from the confusion matrix (rows: true class): precision = TP/(TP+FP), "
-                               "recall (sensitivity) = TP/(TP+FN), specificity = TN/(TN+FP), F1 = 2TP/(2TP+FP+FN), "
-                               "one-vs-rest ROC AUC from the predicted probabilities; support = true images of the "
-                               "class. Macro averages weight every class equally, weighted averages by support.")]
+    splits = []
     for split, m in r.metrics.items():
         if not isinstance(m, dict) or "per_class" not in m:
             continue
-        out.append(tag("h3", f"{split}: accuracy {fmt(m['accuracy'])}, {fmt(m.get('n'))} images"))
-        out.append(_per_class_table(m))
-        if split not in FIGURE_SPLITS:
-            continue
-        k = len(m["class_names"])
-        if m.get("confusion_matrix") is None:  # not stored past CONFUSION_JSON_MAX_CLASSES
-            figs = [note(f"{split} confusion matrix not stored for {k:,} classes (metrics.json keeps it up to "
-                         f"{CONFUSION_JSON_MAX_CLASSES:,}); predictions/{split}.npz holds y_true and y_prob to rebuild it.")]
-        else:
-            figs = [r.page.figure(f"confusion_{split}", confusion_figure(m["confusion_matrix"], m["class_names"]),
-                                  f"{split} confusion matrix: counts, and each row divided by the class's support "
-                                  f"(the diagonal is the recall of each class).")]
-        try:
-            if k > ROC_CURVES_MAX_CLASSES:
-                raise UserError(f"not drawn for more than {ROC_CURVES_MAX_CLASSES} classes ({k:,}: one curve each "
-                                f"would be unreadable); metrics.json has every class's AUC")
-            pred = r.predictions(split)
-            figs.append(r.page.figure(f"roc_{split}", roc_figure(pred["y_true"], pred["y_prob"], m["class_names"],
-                                                                 m["per_class"].get("auc"), f"{split}: one-vs-rest ROC"),
-                                      f"{split} ROC curves, one class against the rest; AUC values from metrics.json "
-                                      f"(macro {fmt(m['macro'].get('auc'))})."))
-        except Exception as e:
-            figs.append(note(f"{split} ROC curves left out: {_why(e)}"))
-        out.extend(figs)
-    return join(out)
+        ctx = _per_class(split, m)
+        splits.append(ctx)
+        if split in FIGURE_SPLITS:
+            ctx["figures"] = _metric_figures(r, split, m)
+    return page_template("run").metrics(splits)
+
+
+def _metric_figures(r: RunReport, split: str, m: dict[str, Any]) -> list[Markup]:
+    """The confusion matrix and the ROC curves of one split, or a note for each left out."""
+    k = len(m["class_names"])
+    if m.get("confusion_matrix") is None:  # not stored past CONFUSION_JSON_MAX_CLASSES
+        figs = [note(f"{split} confusion matrix not stored for {k:,} classes (metrics.json keeps it up to "
+                     f"{CONFUSION_JSON_MAX_CLASSES:,}); predictions/{split}.npz holds y_true and y_prob to rebuild it.")]
+    else:
+        figs = [r.page.figure(f"confusion_{split}", confusion_figure(m["confusion_matrix"], m["class_names"]),
+                              f"{split} confusion matrix: counts, and each row divided by the class's support "
+                              f"(the diagonal is the recall of each class).")]
+    try:
+        if k > ROC_CURVES_MAX_CLASSES:
+            raise UserError(f"not drawn for more than {ROC_CURVES_MAX_CLASSES} classes ({k:,}: one curve each "
+                            f"would be unreadable); metrics.json has every class's AUC")
+        pred = r.predictions(split)
+        figs.append(r.page.figure(f"roc_{split}", roc_figure(pred["y_true"], pred["y_prob"], m["class_names"],
+                                                             m["per_class"].get("auc"), f"{split}: one-vs-rest ROC"),
+                                  f"{split} ROC curves, one class against the rest; AUC values from metrics.json "
+                                  f"(macro {fmt(m['macro'].get('auc'))})."))
+    except Exception as e:
+        figs.append(note(f"{split} ROC curves left out: {_why(e)}"))
+    return figs
 
 
 def _why(e: BaseException) -> str:
@@ -468,21 +468,19 @@ def section_examples(r: RunReport) -> Markup | None:
     y, prob = pred["y_true"], pred["y_prob"].astype(np.float64)
     names = r.class_names
     wrong, right = _choose_examples(y, prob, n, 2, n)
-    out = []
+    wrong_fig = right_fig = None
     if len(wrong):
         caps = [f"true {names[y[i]]}\npred {names[prob[i].argmax()]} {prob[i].max():.0%}" for i in wrong]
         fig = image_grid_figure(x[wrong], [_short(c) for c in caps], [True] * len(wrong))
-        out.append(r.page.figure("examples_wrong", fig, f"The {len(wrong)} most confidently wrong test images "
-                                 f"(of {int((prob.argmax(1) != y).sum()):,} wrong): true class, predicted class and "
-                                 f"the predicted class's probability."))
-    else:
-        out.append(tag("p", "Every test image is classified correctly."))
+        wrong_fig = r.page.figure("examples_wrong", fig, f"The {len(wrong)} most confidently wrong test images "
+                                  f"(of {int((prob.argmax(1) != y).sum()):,} wrong): true class, predicted class and "
+                                  f"the predicted class's probability.")
     if len(right):
         caps = [f"{names[y[i]]}\n{prob[i].max():.0%}" for i in right]
         fig = image_grid_figure(x[right], [_short(c) for c in caps], [False] * len(right))
-        out.append(r.page.figure("examples_right", fig, "Correct test images, the two most confident of each class "
-                                 "(in class order): class and its predicted probability."))
-    return join(out)
+        right_fig = r.page.figure("examples_right", fig, "Correct test images, the two most confident of each class "
+                                  "(in class order): class and its predicted probability.")
+    return page_template("run").examples(wrong_fig, right_fig)
 
 
 def _short(caption: str, width: int = 18) -> str:
@@ -504,7 +502,7 @@ def _explain_inputs(r: RunReport, k: int, probe_n: int):
 @SECTIONS.register("model", summary="feature maps, saliency, Grad-CAM, weights, activations, gradient flow")
 def section_model(r: RunReport) -> Markup | None:
     _, k, probe_n = _examples_cfg(r)
-    out: list[Any] = []
+    out: list[tuple[str | None, Markup]] = []  # (heading or None, figure or note)
     if k > 0:
         try:
             model, state, _ = r.model()
@@ -515,26 +513,23 @@ def section_model(r: RunReport) -> Markup | None:
                 warnings.simplefilter("always")
                 figs = model_figures(model, norm, images, labels, preds, list(meta["class_names"]), probe)
             # explain leaves out a figure it cannot draw with a warning: show it on the page.
-            out.extend(note(str(w.message)) for w in caught if str(w.message).startswith("explain:"))
-            for mf in figs:
-                out.append(tag("h3", mf.title))
-                out.append(r.page.figure(mf.key, mf.figure, mf.caption, alt=mf.title))
+            out.extend((None, note(str(w.message))) for w in caught if str(w.message).startswith("explain:"))
+            out.extend((mf.title, r.page.figure(mf.key, mf.figure, mf.caption, alt=mf.title)) for mf in figs)
             if not figs:
-                out.append(note("this model gives no inside-the-model figures."))
+                out.append((None, note("this model gives no inside-the-model figures.")))
         except Exception as e:
-            out.append(note(f"feature maps, saliency and Grad-CAM, weight and activation distributions left out: "
-                            f"{_why(e)}"))
+            out.append((None, note(f"feature maps, saliency and Grad-CAM, weight and activation distributions left "
+                                   f"out: {_why(e)}")))
     try:
         if not r.stats:
-            out.append(note("no stats.jsonl: gradient flow was not recorded ([diagnostics] stats_every = 0, or no "
-                            "epoch finished)."))
+            out.append((None, note("no stats.jsonl: gradient flow was not recorded ([diagnostics] stats_every = 0, "
+                                   "or no epoch finished).")))
         else:
-            for mf in gradient_flow_figures(r.stats):
-                out.append(tag("h3", mf.title))
-                out.append(r.page.figure(mf.key, mf.figure, mf.caption, alt=mf.title))
+            out.extend((mf.title, r.page.figure(mf.key, mf.figure, mf.caption, alt=mf.title))
+                       for mf in gradient_flow_figures(r.stats))
     except Exception as e:
-        out.append(note(f"gradient flow left out: {_why(e)}"))
-    return join(out) if out else None
+        out.append((None, note(f"gradient flow left out: {_why(e)}")))
+    return page_template("run").model(out) if out else None
 
 
 @SECTIONS.register("diagnostics", summary="the findings of cnnlab diagnose")
@@ -542,54 +537,35 @@ def section_diagnostics(r: RunReport) -> Markup:
     d = r.diagnostics
     if d is None:
         return note(f"no diagnostics.json: run `cnnlab diagnose {r.dir}` to write it.")
-    findings = d.get("findings", [])
-    counts = d.get("counts", {})
-    out: list[Any] = [tag("p", ", ".join(f"{n} {s}" for s, n in counts.items()) + f" (checked {d.get('created', '-')}; "
-                                f"`cnnlab diagnose` prints the same with its evidence)." if counts else "")]
-    if not findings:
-        out.append(tag("p", "No findings: nothing in this run's history, statistics or metrics looks wrong."))
-    for f in findings:
-        sev = str(f.get("severity", "info"))
-        parts: list[Any] = [
-            tag("p", tag("span", sev, class_="sev"), " ", tag("b", f.get("title", "")), " ", tag("code", f.get("id", ""))),
-            tag("p", tag("b", "evidence: "), f.get("evidence", "")),
-            tag("p", tag("b", "why: "), f.get("why", "")),
-        ]
-        if f.get("remedies"):
-            parts.append(tag("p", tag("b", "try:")))
-            parts.append(tag("ul", *[tag("li", x) for x in f["remedies"]]))
+    findings = []
+    for f in d.get("findings", []):
         fid = str(f.get("id", ""))
+        figure = None
         if fid in FINDING_FIGURES:
             try:
                 fig = FINDING_FIGURES.get(fid)(r, f)
                 if fig is not None:
-                    parts.append(r.page.figure(f"diagnostic_{fid}", fig, f.get("title", "")))
+                    figure = r.page.figure(f"diagnostic_{fid}", fig, f.get("title", ""))
             except Exception as e:
-                parts.append(note(f"figure left out: {_why(e)}"))
-        out.append(tag("div", *parts, class_=f"finding {sev}"))
-    return join(out)
-
-
+                figure = note(f"figure left out: {_why(e)}")
+        findings.append({"severity": str(f.get("severity", "info")), "title": f.get("title", ""), "id": fid,
+                         "evidence": f.get("evidence", ""), "why": f.get("why", ""),
+                         "remedies": list(f.get("remedies") or []), "figure": figure})
+    return page_template("run").diagnostics(list(d.get("counts", {}).items()), d.get("created", "-"), findings)
 
 
 @SECTIONS.register("config", summary="the resolved config.toml and env.json")
 def section_config(r: RunReport) -> Markup:
     env = [(k, json.dumps(v) if isinstance(v, (list, dict)) else ("-" if v is None else v))
            for k, v in flatten(r.env).items()]
-    return join([
-        tag("p", "config.toml: the fully resolved experiment; ", tag("code", f"cnnlab run {r.dir / rd.CONFIG}"),
-            " repeats the run."),
-        tag("pre", r.config_text),
-        tag("h3", "environment (env.json)"),
-        kv_table(env) if env else note("no env.json."),
-    ])
+    return page_template("run").config(r.config_text, f"cnnlab run {r.dir / rd.CONFIG}", env)
 
 
 SECTION_TITLES = {"summary": "Summary", "curves": "Curves", "metrics": "Metrics", "examples": "Examples",
                   "model": "Inside the model", "diagnostics": "Diagnostics", "config": "Config and environment"}
 
 
-def _draw_sections(ctx: Any, registry: Registry) -> list[tuple[str, str, Markup]]:
+def _draw_sections(ctx: Any, registry: Registry) -> list[Section]:
     sections = []
     for entry in registry:
         try:
@@ -597,7 +573,8 @@ def _draw_sections(ctx: Any, registry: Registry) -> list[tuple[str, str, Markup]
         except Exception as e:  # one broken section must not cost the page
             body = note(f"this section could not be drawn: {_why(e)}")
         if body is not None:
-            sections.append((entry.name, SECTION_TITLES.get(entry.name, entry.name.replace("_", " ").capitalize()), body))
+            sections.append(Section(entry.name, SECTION_TITLES.get(entry.name, entry.name.replace("_", " ").capitalize()),
+                                    body))
     return sections
 
 
@@ -638,20 +615,20 @@ def reports_enabled() -> bool:
     return os.environ.get("CNNLAB_REPORT", "").strip().lower() not in {"0", "false", "off", "no"}
 
 
-def report_after_run(run_dir: Path, quiet: bool, data: DataSplits | None = None) -> None:
-    """The end of ``cnnlab run``: write the report unless ``[report] enabled = false``. Never
-    raises (a finished run stays finished): a failure prints one warning line."""
+def report_after_run(run_dir: Path, quiet: bool, data: DataSplits | None = None) -> Path | None:
+    """The end of ``cnnlab run``: write the report unless ``[report] enabled = false``; returns
+    the page written, or None (skipped or failed). Never raises (a finished run stays finished): a
+    failure prints one warning line."""
     if not reports_enabled():
-        return
+        return None
     try:
         if not load_config(Path(run_dir) / rd.CONFIG).report.enabled:
-            return
+            return None
         path = write_report(run_dir, data=data, quiet=True)
         if not quiet:
             print(f"report: {path}", flush=True)
+        return path
     except Exception as e:
         print(f"warning: report not written for {run_dir}: {_why(e)}", file=sys.stderr, flush=True)
+        return None
 
-
-# =================================================================================== sweep report
-# results.csv columns that are not searched parameters (cnnlab.sweep._collect writes them).

@@ -1,6 +1,7 @@
 """The sweep report: ``report.html`` in a sweep directory, ranking its trials (results.csv) with
 links to each trial's run, the objective per trial with the best so far, the objective against each
-parameter, and the sweep's own figures (parameter importance)."""
+parameter, and the sweep's own figures (parameter importance). Its sections are the macros of
+``templates/sweep.html``."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from markupsafe import Markup
 
 from .. import rundir as rd
 from ..errors import UserError
-from .html import Page, fmt, href, join, note, table, tag
+from ._page import Page
+from .charts import objective_chart, params_chart, value_label
+from .html import Hint, Lines, Link, Section, fmt, fmt_seconds, href, page_template, png_figure
 from .plots import sweep_history_figure, sweep_params_figure
 
 
@@ -21,6 +26,9 @@ def is_sweep_dir(path: str | Path) -> bool:
 
 
 _SWEEP_FIXED_COLUMNS = {"stage", "trial", "state", "seconds", "repeats", "run_dir", "error"}
+# Up to this many searched parameters get a column each; more share one "parameters" cell (a line
+# each), so the ranked table fits a laptop's page with its metrics and times in view.
+PARAM_COLUMNS_MAX = 3
 
 
 def _cell(v: str) -> Any:
@@ -99,66 +107,112 @@ def write_sweep_report(sweep_dir: str | Path, quiet: bool = True) -> Path:
     done = [r for r in rows if r.get("state") == "complete" and isinstance(r.get(metric), (int, float))]
     sign = -1 if direction == "maximize" else 1
     ranked = sorted(done, key=lambda r: (sign * r[metric], r["trial"]))
-
-    def report_link(row: dict[str, Any]) -> Any:
-        links = []
-        for d in str(row.get("run_dir") or "").split(";"):
-            if not d:
-                continue
-            p = Path(d)
-            target = p / rd.REPORT if (p / rd.REPORT).exists() else p
-            links.append(tag("a", "report" if (p / rd.REPORT).exists() else "run", href=href(target, sweep_dir)))
-        return join(links, " ") if links else "-"
-
-    staged = any(r.get("stage") for r in rows)
-    head = ["rank", *(["stage"] if staged else []), "trial", *keys, metric, *summaries, "seconds", "run"]
-    body = []
-    for i, r in enumerate(ranked, 1):
-        std = r.get(metric + ".std")
-        val = fmt(r[metric]) + (f" ± {fmt(std)}" if (r.get("repeats") or 1) > 1 and std is not None else "")
-        body.append([str(i), *([r.get("stage") or "-"] if staged else []), str(r["trial"]),
-                     *[_param(r.get(k)) for k in keys], val, *[fmt(r.get(k)) for k in summaries],
-                     fmt(r.get("seconds"), ".1f"), report_link(r)])
+    head, body, wide = _ranking_table(ranked, keys, metric, summaries, sweep_dir)
     states: dict[str, int] = {}
     for r in rows:
         states[str(r.get("state"))] = states.get(str(r.get("state")), 0) + 1
-    intro = tag("p", f"{len(done)} of {len(rows)} trials complete ("
-                     + ", ".join(f"{v} {k}" for k, v in sorted(states.items())) + f"), ranked by {metric} ({direction}). "
-                     f"Strategy: {cfg.get('strategy', '-')}; study {meta.get('study', '-')} at {meta.get('storage', '-')}.")
-    best = [tag("p", "Best configuration: ", tag("code", rd.SWEEP_BEST), " (", tag("code", f"cnnlab run {sweep_dir / rd.SWEEP_BEST}"),
-                ").")] if (sweep_dir / rd.SWEEP_BEST).exists() else []
-    sections = [("ranking", "Ranked trials", join([intro, table(head, body) if body else note("no trial has completed yet."),
-                                                   *best]))]
-    figs: list[Any] = []
+    template = page_template("sweep")
+    best_command = f"cnnlab run {sweep_dir / rd.SWEEP_BEST}" if (sweep_dir / rd.SWEEP_BEST).exists() else None
+    sections = [Section("ranking", "Ranked trials", template.ranking(
+        len(done), len(rows), ", ".join(f"{v} {k}" for k, v in sorted(states.items())), metric, direction,
+        cfg.get("strategy", "-"), meta.get("study", "-"), meta.get("storage", "-"), head, body, wide, best_command))]
+    objective = params = objective_live = params_live = None
     if done:
         # The sweep draws these two itself when it finishes (with its ranges' log scales and listed
         # values' order); the page shows those files, and draws them only where they are missing.
+        # Trials in the order the sweep draws them; x is the trial number the table shows. The
+        # interactive charts show the same trials, to hover over: a trial's parameters and value.
         in_order = sorted(done, key=lambda r: (str(r.get("stage") or ""), r["trial"]))
         values = [float(r[metric]) for r in in_order]
-        drawn = {
-            "sweep_objective": (lambda: sweep_history_figure(values, direction, metric, f"{name}: {metric} per trial",
-                                                             [r["trial"] for r in in_order]),
-                                f"{metric} of each completed trial in trial order, and the best so far."),
-            "sweep_params": (lambda: sweep_params_figure({k: [r.get(k) for r in in_order] for k in keys}, values, metric),
-                             f"{metric} against each searched parameter."),
-        }
-        for key, (draw, caption) in drawn.items():
-            if key == "sweep_params" and not keys:
-                continue
-            png = sweep_dir / rd.FIGURES / f"{key}.png"
-            figs.append(page.png(png.read_bytes(), caption, key) if png.is_file() else page.figure(key, draw(), caption))
-    for p in sorted((sweep_dir / rd.FIGURES).glob("importance*.png")):  # drawn by the sweep itself (fANOVA)
-        figs.append(page.png(p.read_bytes(), f"parameter importance (Optuna fANOVA): {p.name}", p.name))
-    failed = [r for r in rows if r.get("state") == "fail" and r.get("error")]
-    if failed:
-        figs.append(tag("h3", "failed trials"))
-        figs.append(table(["trial", "error"], [[str(r["trial"]), str(r["error"])[:500]] for r in failed[:50]]))
-    sections.append(("figures", "Figures", join(figs) if figs else note("no trial has completed yet.")))
+        caption = f"{metric} of each completed trial in trial order (numbered as in the table), and the best so far."
+        objective = _figure(page, "sweep_objective", lambda: sweep_history_figure(
+            values, direction, metric, f"{name}: {metric} per trial", [r["trial"] for r in in_order]), caption)
+        objective_live = page.chart(objective_chart(in_order, metric, direction, keys, chart_id="chart-sweep-objective"),
+                                    caption)
+        if keys:
+            caption = f"{metric} against each searched parameter, one panel each."
+            params = _figure(page, "sweep_params", lambda: sweep_params_figure(
+                {k: [r.get(k) for r in in_order] for k in keys}, values, metric), caption)
+            log, order = _space_axes(cfg)
+            params_live = page.chart(params_chart(in_order, keys, metric, log, order, chart_id="chart-sweep-params"),
+                                     caption)
+    importance = [png_figure(p.read_bytes(), f"parameter importance (Optuna fANOVA): {p.name}", p.name)
+                  for p in sorted((sweep_dir / rd.FIGURES).glob("importance*.png"))]  # drawn by the sweep (fANOVA)
+    failed = [[str(r["trial"]), str(r["error"])[:500]] for r in rows if r.get("state") == "fail" and r.get("error")]
+    sections.append(Section("figures", "Figures", template.figures(objective, params, importance, failed[:50],
+                                                                   objective_live, params_live)))
     out = sweep_dir / rd.REPORT
     rd.atomic_write_text(out, page.render(sections))
     if not quiet:
         print(f"report: {out}")
     return out
+
+
+def _figure(page: Page, key: str, draw: Callable[[], Any], caption: str) -> Markup:
+    """figures/<key>.png inlined as it is when the sweep drew it, else ``draw()`` saved there."""
+    png = page.fig_dir / f"{key}.png"
+    return png_figure(png.read_bytes(), caption, key) if png.is_file() else page.figure(key, draw(), caption)
+
+
+def _ranking_table(ranked: list[dict[str, Any]], keys: list[str], metric: str, summaries: list[str],
+                  sweep_dir: Path) -> tuple[list[Any], list[list[Any]], tuple[int, ...]]:
+    """(header, rows, the indices of the columns whose cells wrap) of the ranked trials: rank,
+    [stage], trial, the parameters (a column each up to PARAM_COLUMNS_MAX, else one cell with a
+    line per parameter), the metric (mean ± std with repeats), the other summary metrics, the time
+    and links to each trial's run (its report where it has one)."""
+    staged = any(r.get("stage") for r in ranked)
+    repeats = any((r.get("repeats") or 1) > 1 for r in ranked)
+    own = len(keys) <= PARAM_COLUMNS_MAX
+    labels = _short_keys(keys)
+    head: list[Any] = ["rank", *(["stage"] if staged else []), "trial"]
+    head += keys if own else [Hint("parameters", ", ".join(keys))] if keys else []
+    wide = () if own or not keys else (len(head) - 1,)
+    head += [metric + (" (mean ± std)" if repeats else ""), *summaries, "time", "run"]
+    body = []
+    for i, r in enumerate(ranked, 1):
+        std = r.get(metric + ".std")
+        val = fmt(r[metric]) + (f" ± {fmt(std)}" if (r.get("repeats") or 1) > 1 and std is not None else "")
+        params = [_param(r.get(k)) for k in keys]
+        body.append([str(i), *([r.get("stage") or "-"] if staged else []), str(r["trial"]),
+                     *(params if own else [Lines(tuple(f"{labels[k]} = {v}" for k, v in zip(keys, params)))] if keys
+                       else []),
+                     val, *[fmt(r.get(k)) for k in summaries], fmt_seconds(r.get("seconds")), _run_links(r, sweep_dir)])
+    return head, body, wide
+
+
+def _short_keys(keys: list[str]) -> dict[str, str]:
+    """Each config key by its shortest tail of dotted parts that no other key ends with
+    (``train.lr`` -> ``lr``, but ``model.dropout`` and ``head.dropout`` keep their prefix)."""
+    out = {}
+    for k in keys:
+        parts = k.split(".")
+        for n in range(1, len(parts) + 1):
+            tail = ".".join(parts[-n:])
+            if not any(o != k and (o == tail or o.endswith("." + tail)) for o in keys):
+                break
+        out[k] = tail
+    return out
+
+
+def _run_links(row: dict[str, Any], sweep_dir: Path) -> list[Link] | str:
+    """A link to each run directory of a trial (one per repeat): its report when it has one."""
+    dirs = [_trial_dir(Path(d), sweep_dir) for d in str(row.get("run_dir") or "").split(";") if d]
+    links = []
+    for i, p in enumerate(dirs, 1):
+        has_report = (p / rd.REPORT).exists()
+        text = ("report" if has_report else "run") + (f" {i}" if len(dirs) > 1 else "")  # repeats: one per seed
+        links.append(Link(text, href(p / rd.REPORT if has_report else p, sweep_dir)))
+    return links or "-"
+
+
+def _trial_dir(p: Path, sweep_dir: Path) -> Path:
+    """A trial's run directory as results.csv names it, or, where that path does not lead to it
+    (written relative to another working directory, or the sweep folder was moved), the same
+    trials/<name>/<timestamp> inside this sweep directory."""
+    if p.is_dir():
+        return p
+    here = sweep_dir / rd.SWEEP_TRIALS / p.parent.name / p.name
+    return here if here.is_dir() else p
 
 
 def _param(v: Any) -> str:
@@ -168,3 +222,28 @@ def _param(v: Any) -> str:
         return f"{v:.4g}"
     return json.dumps(v) if isinstance(v, (list, dict)) else str(v)
 
+
+def _space_axes(cfg: dict[str, Any]) -> tuple[set[str], dict[str, list[str]]]:
+    """From the sweep file (sweep.json's ``config``): the keys searched over a log range, and the
+    listed values of keys that are not all numbers, as labels in the file's order (a chart's
+    category axis then reads as the file does, not in order of first appearance)."""
+    log: set[str] = set()
+    order: dict[str, list[str]] = {}
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, list):
+                if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+                    order[key] = [value_label(x) for x in v]
+            elif isinstance(v, dict) and "low" in v:
+                if v.get("log"):
+                    log.add(key)
+            elif isinstance(v, dict):
+                walk(v, key + ".")  # TOML dotted keys: [space] train.lr = ... is {"train": {"lr": ...}}
+
+    stages = cfg.get("stages") if isinstance(cfg.get("stages"), list) else []
+    for space in [cfg.get("space"), *(s.get("space") for s in stages if isinstance(s, dict))]:
+        if isinstance(space, dict):
+            walk(space, "")
+    return log, order
