@@ -131,3 +131,15 @@ def test_run_then_list_evaluate_predict_through_the_cli(tmp_path, capsys):
     assert code == 0 and "x.png" in out
     code, _, err = run_main(capsys, ["predict", str(run_dir), str(tmp_path / "missing.png")])
     assert code == 2 and "missing.png" in err
+
+
+@pytest.mark.slow
+def test_a_reader_that_goes_away_gets_no_traceback():
+    """`cnnlab datasets | head -0`: the pipe is closed before the table is written. The command ends
+    with 141 (128 + SIGPIPE, as a program killed by the signal) and says nothing on stderr."""
+    p = subprocess.Popen([sys.executable, "-m", "cnnlab", "datasets"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         cwd=REPO)
+    p.stdout.close()  # before the command has imported anything: its first write fails
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

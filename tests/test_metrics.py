@@ -10,6 +10,7 @@ import torch
 from sklearn import metrics as skm
 
 from cnnlab import metrics as metrics_module
+from cnnlab import rundir
 from cnnlab.metrics import (
     classification_report,
     compute_metrics,
@@ -209,7 +210,7 @@ def test_roc_auc_ranked_in_column_blocks_is_the_same(monkeypatch):
 
 
 def test_many_classes_keep_their_confusion_matrix_out_of_metrics_json(monkeypatch):
-    monkeypatch.setattr(metrics_module, "CONFUSION_JSON_MAX_CLASSES", 3)
+    monkeypatch.setattr(rundir, "CONFUSION_JSON_MAX_CLASSES", 3)  # what compute_metrics writes and readers accept
     y, prob = _random_case(5, 60, 4)
     m = compute_metrics(y, prob, list("abcd"))
     assert m["confusion_matrix"] is None and len(m["per_class"]["f1"]) == 4

@@ -26,6 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from . import rundir as rd
+from .rundir import metrics_problem  # metrics.json's structure (and its size limit) is rundir's: it reads the file
+
 __all__ = [
     "metrics_problem",
     "confusion_matrix",
@@ -80,10 +83,6 @@ def _as_probs(y_prob: Any) -> np.ndarray:
     return arr
 
 
-# metrics.json holds the (K, K) confusion matrix up to this many classes (a million counts, a few
-# MB of JSON); past it the entry is null: 10,000 classes would be 10^8 counts, gigabytes of JSON
-# text to write and to parse back. predictions/<split>.npz holds what rebuilds it (y_true, y_prob).
-CONFUSION_JSON_MAX_CLASSES = 1000
 
 # roc_auc_ovr ranks this many score values at a time (columns of N rows): about 8 arrays of 8 bytes
 # each per value, so ~64 MiB whatever N and K (10,000 classes x 20,000 images would otherwise
@@ -95,7 +94,7 @@ def metrics_memory(n: int, k: int) -> int:
     """Bytes that ``compute_metrics`` needs for a split of ``n`` images and ``k`` classes, the
     (N, K) scores included: their finiteness mask, the ranking blocks, and the (K, K) confusion
     matrix (with its copy as nested lists and JSON text, about 28 bytes an entry, when it is stored)."""
-    per_entry = 28 if k <= CONFUSION_JSON_MAX_CLASSES else 8
+    per_entry = 28 if k <= rd.CONFUSION_JSON_MAX_CLASSES else 8
     return n * k * (4 + 1) + 8 * 8 * min(AUC_BLOCK_VALUES, max(n, 1) * k) + per_entry * k * k
 
 
@@ -264,7 +263,7 @@ def compute_metrics(
         "support": [K ints]},
         "macro": {"precision", "recall", "specificity", "f1", "auc"},
         "weighted": {same five keys, averaged with weights = support},
-        "confusion_matrix": [[K ints] * K] (None past CONFUSION_JSON_MAX_CLASSES classes),
+        "confusion_matrix": [[K ints] * K] (None past rundir.CONFUSION_JSON_MAX_CLASSES classes),
         "class_names": [K str]}``.
         Macro averages are plain means over all K classes (absent classes included, as in
         scikit-learn with labels=range(K)); macro/weighted AUC skip classes whose AUC is undefined
@@ -303,53 +302,9 @@ def compute_metrics(
         "per_class": per_class,
         "macro": {m: _json_float(v) for m, v in macro.items()},
         "weighted": {m: _json_float(v) for m, v in weighted.items()},
-        "confusion_matrix": cm.tolist() if k <= CONFUSION_JSON_MAX_CLASSES else None,
+        "confusion_matrix": cm.tolist() if k <= rd.CONFUSION_JSON_MAX_CLASSES else None,
         "class_names": names,
     }
-
-
-def metrics_problem(metrics: Any) -> str | None:
-    """Why a metrics.json content is not what :func:`compute_metrics` writes (per split), or None.
-    Checks the structure the readers rely on: numbers where numbers are, K names, K x K counts."""
-    if not isinstance(metrics, dict):
-        return f"it holds a {type(metrics).__name__} where an object of splits is expected"
-    num = (int, float)
-    for split, m in metrics.items():
-        if not isinstance(m, dict):
-            return f"split {split!r} is a {type(m).__name__}, not an object"
-        names = m.get("class_names")
-        if not (isinstance(names, list) and names and all(isinstance(c, str) for c in names)):
-            return f"split {split!r} has no list of class names"
-        k = len(names)
-        if not isinstance(m.get("accuracy"), num) or isinstance(m.get("accuracy"), bool):
-            return f"split {split!r} has no numeric accuracy"
-        cm = m.get("confusion_matrix")
-        if cm is None and k > CONFUSION_JSON_MAX_CLASSES:
-            pass  # not stored for this many classes
-        elif not (isinstance(cm, list) and len(cm) == k and all(
-                isinstance(r, list) and len(r) == k and all(_count(c) for c in r) for r in cm)):
-            return f"split {split!r}: the confusion matrix is not {k} x {k} counts"
-        per = m.get("per_class")
-        if not (isinstance(per, dict) and all(isinstance(per.get(key), list) and len(per[key]) == k
-                                              for key in ("precision", "recall", "f1", "support"))):
-            return f"split {split!r}: per_class does not hold {k} values per metric"
-        for key, values in per.items():
-            if not isinstance(values, list) or not all(v is None or _number(v) for v in values):
-                return f"split {split!r}: per_class.{key} holds something other than numbers"
-        for avg in ("macro", "weighted"):
-            if not isinstance(m.get(avg, {}), dict) or not all(v is None or _number(v) for v in m.get(avg, {}).values()):
-                return f"split {split!r}: {avg} is not an object of numbers"
-        if m.get("loss") is not None and not _number(m["loss"]):
-            return f"split {split!r}: loss is not a number"
-    return None
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _count(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def classification_report(metrics: dict, digits: int = 4) -> str:

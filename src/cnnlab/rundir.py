@@ -26,12 +26,12 @@ import stat
 import subprocess
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
-from .metrics import metrics_problem
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # ------------------------------------------------------------------------------------ a run
 CONFIG = "config.toml"
@@ -116,6 +116,10 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def atomic_savez(path: str | Path, **arrays: np.ndarray) -> None:
+    # numpy imported here, not at module level: the listings (`cnnlab runs`) read run directories
+    # through this module and answer without numpy's 0.1 s import; only writers of arrays need it.
+    import numpy as np
+
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
@@ -350,3 +354,54 @@ def git_commit(where: Path | None = None) -> str | None:
         return commit + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
     except Exception:
         return None
+
+
+# ------------------------------------------------------------------ metrics.json's structure
+# metrics.json holds the (K, K) confusion matrix up to this many classes (a million counts, a few
+# MB of JSON); past it the entry is null: 10,000 classes would be 10^8 counts, gigabytes of JSON
+# text to write and to parse back. predictions/<split>.npz holds what rebuilds it (y_true, y_prob).
+CONFUSION_JSON_MAX_CLASSES = 1000
+
+
+def metrics_problem(metrics: Any) -> str | None:
+    """Why a metrics.json content is not what :func:`compute_metrics` writes (per split), or None.
+    Checks the structure the readers rely on: numbers where numbers are, K names, K x K counts."""
+    if not isinstance(metrics, dict):
+        return f"it holds a {type(metrics).__name__} where an object of splits is expected"
+    num = (int, float)
+    for split, m in metrics.items():
+        if not isinstance(m, dict):
+            return f"split {split!r} is a {type(m).__name__}, not an object"
+        names = m.get("class_names")
+        if not (isinstance(names, list) and names and all(isinstance(c, str) for c in names)):
+            return f"split {split!r} has no list of class names"
+        k = len(names)
+        if not isinstance(m.get("accuracy"), num) or isinstance(m.get("accuracy"), bool):
+            return f"split {split!r} has no numeric accuracy"
+        cm = m.get("confusion_matrix")
+        if cm is None and k > CONFUSION_JSON_MAX_CLASSES:
+            pass  # not stored for this many classes
+        elif not (isinstance(cm, list) and len(cm) == k and all(
+                isinstance(r, list) and len(r) == k and all(_count(c) for c in r) for r in cm)):
+            return f"split {split!r}: the confusion matrix is not {k} x {k} counts"
+        per = m.get("per_class")
+        if not (isinstance(per, dict) and all(isinstance(per.get(key), list) and len(per[key]) == k
+                                              for key in ("precision", "recall", "f1", "support"))):
+            return f"split {split!r}: per_class does not hold {k} values per metric"
+        for key, values in per.items():
+            if not isinstance(values, list) or not all(v is None or _number(v) for v in values):
+                return f"split {split!r}: per_class.{key} holds something other than numbers"
+        for avg in ("macro", "weighted"):
+            if not isinstance(m.get(avg, {}), dict) or not all(v is None or _number(v) for v in m.get(avg, {}).values()):
+                return f"split {split!r}: {avg} is not an object of numbers"
+        if m.get("loss") is not None and not _number(m["loss"]):
+            return f"split {split!r}: loss is not a number"
+    return None
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0

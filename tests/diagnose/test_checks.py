@@ -130,7 +130,7 @@ def test_collapse_softmax_plateau_lr_schedule(tmp_path, monkeypatch):
     assert {"id", "severity", "evidence", "remedies", "title", "why"} <= set(saved[0])
     assert saved[0]["id"] == "collapse"  # errors first
     # With many classes metrics.json keeps no confusion matrix: the counts come from the predictions.
-    monkeypatch.setattr("cnnlab.metrics.CONFUSION_JSON_MAX_CLASSES", 5)  # digits' 10 classes count as many
+    monkeypatch.setattr("cnnlab.rundir.CONFUSION_JSON_MAX_CLASSES", 5)  # digits' 10 classes count as many
     metrics = json.loads((d / rd.METRICS).read_text())
     for m in metrics.values():
         m["confusion_matrix"] = None

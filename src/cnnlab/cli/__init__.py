@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 
@@ -147,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted (Ctrl-C)", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`cnnlab models | head`): no traceback. Output goes to /dev/null from
+        # here on, so the interpreter's last flush of stdout does not fail again; 141 = 128 + SIGPIPE,
+        # as a program killed by the signal would exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0
 
 

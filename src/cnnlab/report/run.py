@@ -38,7 +38,6 @@ from ..errors import UserError
 from ..experiment import load_config
 from ..inference import load_model
 from ..lifecycle import read_status, shown_status, stop_reason_of
-from ..metrics import CONFUSION_JSON_MAX_CLASSES
 from ..models import count_parameters
 from ..registry import Registry
 from ..train import read_stats
@@ -359,7 +358,7 @@ def _metric_figures(r: RunReport, split: str, m: dict[str, Any]) -> list[Markup]
     k = len(m["class_names"])
     if m.get("confusion_matrix") is None:  # not stored past CONFUSION_JSON_MAX_CLASSES
         figs = [note(f"{split} confusion matrix not stored for {k:,} classes (metrics.json keeps it up to "
-                     f"{CONFUSION_JSON_MAX_CLASSES:,}); predictions/{split}.npz holds y_true and y_prob to rebuild it.")]
+                     f"{rd.CONFUSION_JSON_MAX_CLASSES:,}); predictions/{split}.npz holds y_true and y_prob to rebuild it.")]
     else:
         figs = [r.page.figure(f"confusion_{split}", confusion_figure(m["confusion_matrix"], m["class_names"]),
                               f"{split} confusion matrix: counts, and each row divided by the class's support "
