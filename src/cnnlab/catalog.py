@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import rundir as rd
-from .config import flatten, parse_toml
+from ._toml import flatten, parse_toml
 from .errors import UserError
 from .lifecycle import read_status, shown_status
 
