@@ -62,6 +62,24 @@ def test_plain_mode_prints_the_start_the_quarters_reached_and_the_end():
     ]
 
 
+def test_a_total_learnt_once_started_shows_as_quarters():
+    """A report learns how many sections it draws only once it starts: update(done, total)."""
+    clock, out = FakeClock(), io.StringIO()
+    with Reporter(stream=out, clock=clock).task("writing report.html") as task:
+        for done in range(9):
+            clock.now = float(done)
+            task.update(done, 8)
+        task.finish("report: r/report.html")
+    assert out.getvalue().splitlines() == [
+        "writing report.html ...",
+        "writing report.html: 25% after 2.0 s, about 0:06 left",
+        "writing report.html: 50% after 4.0 s, about 0:04 left",
+        "writing report.html: 75% after 6.0 s, about 0:02 left",
+        "report: r/report.html",
+    ]
+    assert task.total == 8
+
+
 def test_the_default_end_line_none_on_request_and_none_after_an_error():
     clock, out = FakeClock(), io.StringIO()
     reporter = Reporter(stream=out, clock=clock)
@@ -175,4 +193,8 @@ def test_a_run_through_a_pipe_prints_plain_lines(tmp_path):
     assert len(epochs) == 3
     assert all(re.search(r"\| eta \d+:\d\d", line) for line in epochs[:2]) and "eta" not in epochs[2]
     i = lines.index("writing report.html ...")
-    assert re.fullmatch(r"report: \S+/report\.html \(\d+\.\d s\)", lines[i + 1])
+    j = next(k for k in range(i + 1, len(lines)) if not lines[k].startswith("writing report.html: "))
+    # the sections drawn, by quarters (as many as were reached while the report drew), then where it is
+    assert all(re.fullmatch(r"writing report\.html: (25|50|75)% after \d+\.\d s, about \d+:\d\d left", line)
+               for line in lines[i + 1:j])
+    assert re.fullmatch(r"report: \S+/report\.html \(\d+\.\d s\)", lines[j])

@@ -333,7 +333,7 @@ def test_a_quiet_run_prints_nothing_while_decoding_training_and_reporting(tmp_pa
 def test_the_report_line_only_when_the_report_was_written(tmp_path, monkeypatch, capsys):
     """A report that fails warns (report_after_run) and leaves no "report:" line claiming a page."""
     monkeypatch.delenv("CNNLAB_REPORT")
-    monkeypatch.setattr("cnnlab.runner.report_after_run", lambda run_dir, quiet, data=None: None)  # writes nothing
+    monkeypatch.setattr("cnnlab.runner.report_after_run", lambda run_dir, quiet, data=None, on_section=None: None)  # writes nothing
     cnnlab.run({**MIX, "train": {**MIX["train"], "epochs": 1}}, runs_dir=tmp_path, quiet=False)
     out = capsys.readouterr().out
     assert "writing report.html ..." in out and "report:" not in out

@@ -108,14 +108,18 @@ class Task:
             self._live.start()
         return self
 
-    def update(self, completed: float) -> None:
-        """``completed`` units of ``total`` are done (a running count, not an increment)."""
+    def update(self, completed: float, total: float | None = None) -> None:
+        """``completed`` units of ``total`` are done (a running count, not an increment). ``total``:
+        the size, for work that learns it only once started (a report counts its sections); a
+        spinner then shows the percentage too, and plain mode prints its quarters."""
         self.completed = float(completed)
+        if total is not None:
+            self.total = float(total)
         if self._live is not None:
             # No refresh thread for a task with a total (the decode forks worker processes, and a
             # thread holding the console's lock at a fork is a deadlock waiting to happen): each
             # update redraws.
-            self._live.update(self._task_id, completed=self.completed)
+            self._live.update(self._task_id, completed=self.completed, total=self.total)
             self._live.refresh()
         elif self.reporter.mode is Mode.PLAIN and self.total:
             frac = min(1.0, self.completed / self.total)
@@ -148,7 +152,7 @@ def _rich_progress(reporter: Reporter, known_total: bool) -> Any:
 
     text = TextColumn("{task.description}", markup=False)  # file names may hold [brackets]
     columns = (text, BarColumn(), TaskProgressColumn(), TimeElapsedColumn(), TimeRemainingColumn()) if known_total \
-        else (SpinnerColumn(), text, TimeElapsedColumn())
+        else (SpinnerColumn(), text, TaskProgressColumn(), TimeElapsedColumn())  # a percentage once a total is known
     # redirect_*: False, so output written meanwhile (a warning, a worker process) is not routed
     # through rich's console lock.
     return Progress(*columns, console=Console(file=reporter.stream), transient=True, auto_refresh=not known_total,

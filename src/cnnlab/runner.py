@@ -682,7 +682,8 @@ def _report(run_dir: Path, cfg: ExperimentConfig, data: DataSplits, quiet: bool)
     and then as ``report: <path> (N.N s)``."""
     shown = not quiet and reports_enabled() and cfg.report.enabled
     with Reporter(quiet=not shown).task(f"writing {rd.REPORT}") as task:
-        page = report_after_run(run_dir, True, data)  # quiet: the line below says where, and how long it took
+        # quiet: the line below says where, and how long it took; the sections drawn show as a percentage.
+        page = report_after_run(run_dir, True, data, on_section=task.update)
         # A failure leaves the page as it was and prints its own warning.
         task.finish(f"report: {page} ({task.seconds:.1f} s)" if page is not None else None)
 

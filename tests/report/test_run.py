@@ -351,3 +351,14 @@ def test_augmented_training_images_are_shown_when_augmentation_is_on(cnn_run, tm
     assert "mixed targets" in text and len(inline_pngs(text)) == 1
     im = Image.open(d / "figures" / "augmentation.png")
     assert im.width > 100 and im.height > 50
+
+
+def test_the_report_says_how_many_of_its_sections_are_drawn(cnn_run, tmp_path):
+    """write_report(on_section=...) counts the sections as it draws them: 0 of n first, n of n last,
+    one step at a time (what the progress line of `cnnlab run` and `cnnlab report` shows)."""
+    d = tmp_path / "run"
+    shutil.copytree(cnn_run, d)
+    calls: list[tuple[int, int]] = []
+    write_report(d, on_section=lambda done, total: calls.append((done, total)))
+    n = len(list(report_run.SECTIONS))
+    assert n >= 5 and calls == [(i, n) for i in range(n + 1)]

@@ -36,7 +36,7 @@ def cmd_diagnose(a: argparse.Namespace) -> None:
 def cmd_report(a: argparse.Namespace) -> None:
     # Drawing takes seconds (figures, the model's explain images): say so while it does.
     with Reporter().task(f"writing {Path(a.dir) / rd.REPORT}") as task:
-        path = write_report(a.dir, quiet=True)
+        path = write_report(a.dir, quiet=True, on_section=task.update)
         task.finish(f"report: {path} ({task.seconds:.1f} s)")
 
 

@@ -564,9 +564,14 @@ SECTION_TITLES = {"summary": "Summary", "curves": "Curves", "metrics": "Metrics"
                   "model": "Inside the model", "diagnostics": "Diagnostics", "config": "Config and environment"}
 
 
-def _draw_sections(ctx: Any, registry: Registry) -> list[Section]:
+def _draw_sections(ctx: Any, registry: Registry, on_section: Callable[[int, int], None] | None = None) -> list[Section]:
+    """Each entry of ``registry`` drawn for ``ctx``; ``on_section(done, total)`` before each one
+    and once at the end (sections done of all), for a progress display."""
     sections = []
-    for entry in registry:
+    entries = list(registry)
+    for i, entry in enumerate(entries):
+        if on_section is not None:
+            on_section(i, len(entries))
         try:
             body = entry.obj(ctx)
         except Exception as e:  # one broken section must not cost the page
@@ -574,14 +579,19 @@ def _draw_sections(ctx: Any, registry: Registry) -> list[Section]:
         if body is not None:
             sections.append(Section(entry.name, SECTION_TITLES.get(entry.name, entry.name.replace("_", " ").capitalize()),
                                     body))
+    if on_section is not None:
+        on_section(len(entries), len(entries))
     return sections
 
 
 # ================================================================================== entry points
-def write_report(run_dir: str | Path, data: DataSplits | None = None, quiet: bool = True) -> Path:
+def write_report(run_dir: str | Path, data: DataSplits | None = None, quiet: bool = True,
+                 on_section: Callable[[int, int], None] | None = None) -> Path:
     """Write ``report.html`` (and ``figures/*.png``) in a run directory, or the sweep report in a
     sweep directory; returns the page's path. ``data``: the run's splits when the caller has them
-    (saves loading the data set again). A folder that is neither raises a UserError."""
+    (saves loading the data set again). ``on_section(done, total)``: called as the run report's
+    sections are drawn (a progress display; not for a sweep report). A folder that is neither
+    raises a UserError."""
     path = Path(run_dir)
     if not path.exists():
         raise UserError(f"{str(path)!r} does not exist; give a run directory (runs/<name>/<timestamp>) or a "
@@ -593,7 +603,7 @@ def write_report(run_dir: str | Path, data: DataSplits | None = None, quiet: boo
     r = RunReport(path, page, data)
     page.title = f"{r.name}: cnnlab run report"
     page.subtitle = f"{path.resolve()}"
-    sections = _draw_sections(r, SECTIONS)
+    sections = _draw_sections(r, SECTIONS, on_section)
     out = path / rd.REPORT
     rd.atomic_write_text(out, page.render(sections))
     # figures/ of a run directory holds this page's figures only: drop those an earlier report
@@ -614,7 +624,8 @@ def reports_enabled() -> bool:
     return os.environ.get("CNNLAB_REPORT", "").strip().lower() not in {"0", "false", "off", "no"}
 
 
-def report_after_run(run_dir: Path, quiet: bool, data: DataSplits | None = None) -> Path | None:
+def report_after_run(run_dir: Path, quiet: bool, data: DataSplits | None = None,
+                     on_section: Callable[[int, int], None] | None = None) -> Path | None:
     """The end of ``cnnlab run``: write the report unless ``[report] enabled = false``; returns
     the page written, or None (skipped or failed). Never raises (a finished run stays finished): a
     failure prints one warning line."""
@@ -623,7 +634,7 @@ def report_after_run(run_dir: Path, quiet: bool, data: DataSplits | None = None)
     try:
         if not load_config(Path(run_dir) / rd.CONFIG).report.enabled:
             return None
-        path = write_report(run_dir, data=data, quiet=True)
+        path = write_report(run_dir, data=data, quiet=True, on_section=on_section)
         if not quiet:
             print(f"report: {path}", flush=True)
         return path
