@@ -14,8 +14,8 @@ with :func:`reporting`, and the loop asks :func:`current_reporter`. That is a Co
 thread sees its own; outside a ``reporting`` block it is quiet (``cnnlab evaluate --json`` prints
 its JSON only).
 
-rich is imported only when a terminal draws: the listing commands import this module through
-``cnnlab.data`` and should not pay for it.
+rich's live display is imported only when a terminal draws: the run's data loading imports this
+module, and a run in a pipe or a batch job does not need it.
 """
 
 from __future__ import annotations
@@ -35,6 +35,13 @@ class Mode(Enum):
     TERMINAL = "terminal"  # rich: a live bar or spinner, then one line
     PLAIN = "plain"  # a few lines: start, quarters, end
     QUIET = "quiet"  # nothing
+
+
+def is_terminal(stream: Any) -> bool:
+    """Whether ``stream`` is a terminal. Any file-like object may stand for stdout (a test's
+    StringIO, a logging adapter): one without ``isatty`` is not a terminal."""
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty is not None and isatty())
 
 
 def fmt_duration(seconds: float) -> str:
@@ -57,8 +64,7 @@ class Reporter:
         if quiet:
             self.mode = Mode.QUIET
         else:
-            isatty = getattr(self.stream, "isatty", None)  # a stream object need not have one
-            self.mode = Mode.TERMINAL if isatty is not None and isatty() else Mode.PLAIN
+            self.mode = Mode.TERMINAL if is_terminal(self.stream) else Mode.PLAIN
 
     def task(self, description: str, total: float | None = None, note: str = "") -> "Task":
         """A context manager for one piece of work: ``description`` names it ("decoding archive
@@ -106,6 +112,7 @@ class Task:
             self._live = _rich_progress(self.reporter, known_total=self.total is not None)
             self._task_id = self._live.add_task(self.description, total=self.total)
             self._live.start()
+            self._live.refresh()  # drawn now: there is no refresh thread (see _rich_progress)
         return self
 
     def update(self, completed: float, total: float | None = None) -> None:
@@ -116,9 +123,7 @@ class Task:
         if total is not None:
             self.total = float(total)
         if self._live is not None:
-            # No refresh thread for a task with a total (the decode forks worker processes, and a
-            # thread holding the console's lock at a fork is a deadlock waiting to happen): each
-            # update redraws.
+            # No refresh thread (see _rich_progress): each update redraws.
             self._live.update(self._task_id, completed=self.completed, total=self.total)
             self._live.refresh()
         elif self.reporter.mode is Mode.PLAIN and self.total:
@@ -155,7 +160,9 @@ def _rich_progress(reporter: Reporter, known_total: bool) -> Any:
         else (SpinnerColumn(), text, TaskProgressColumn(), TimeElapsedColumn())  # a percentage once a total is known
     # redirect_*: False, so output written meanwhile (a warning, a worker process) is not routed
     # through rich's console lock.
-    return Progress(*columns, console=Console(file=reporter.stream), transient=True, auto_refresh=not known_total,
+    # No refresh thread at all: a report may decode its data set with a forked process pool, and a
+    # thread holding the console's lock at a fork is a deadlock waiting to happen; each update redraws.
+    return Progress(*columns, console=Console(file=reporter.stream), transient=True, auto_refresh=False,
                     redirect_stdout=False, redirect_stderr=False, get_time=reporter.clock)
 
 

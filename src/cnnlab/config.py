@@ -17,7 +17,6 @@ from typing import Annotated, Any, Literal
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_serializer,
                       field_validator, model_validator)
 
-from ._toml import TOML_MAX_BYTES, flatten, parse_toml, read_toml  # noqa: F401 (re-exported: part of config's API)
 from .errors import UserError, shown
 
 

@@ -14,7 +14,8 @@ from typing import Any
 import tomli_w
 from pydantic import ValidationError
 
-from .config import ExperimentConfig, apply_overrides, drop_none, entry_params, read_toml, validation_message
+from ._toml import read_toml
+from .config import ExperimentConfig, apply_overrides, drop_none, entry_params, validation_message
 from .data import DATASETS
 from .errors import UserError
 from .models import MODELS

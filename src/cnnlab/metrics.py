@@ -26,11 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from . import rundir as rd
-from .rundir import metrics_problem  # metrics.json's structure (and its size limit) is rundir's: it reads the file
+from . import rundir as rd  # owns metrics.json: its structure check and its size limit
 
 __all__ = [
-    "metrics_problem",
     "confusion_matrix",
     "per_class_from_confusion",
     "roc_auc_ovr",

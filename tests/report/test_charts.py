@@ -219,15 +219,6 @@ def test_compare_curves_chart_one_legend_entry_per_run():
     assert by_run["a"][0]["line"]["color"] != by_run["b"][0]["line"]["color"]
 
 
-def test_colors_are_the_static_plots_palette():
-    # plots.py imports matplotlib, which charts.py must not: its palette is a copy; keep them equal.
-    plots_src = (Path(charts.__file__).parent / "plots.py").read_text()
-    tree = ast.parse(plots_src)
-    palette = next(ast.literal_eval(n.value) for n in tree.body
-                   if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "PALETTE")
-    assert charts.PALETTE == palette
-
-
 def test_charts_import_neither_torch_nor_matplotlib():
     tree = ast.parse(Path(charts.__file__).read_text())
     names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}

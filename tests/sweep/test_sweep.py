@@ -15,12 +15,17 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
+from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
 from cnnlab.cli import main
+from cnnlab.report import write_sweep_report
 from cnnlab.sweep import sweep as run_sweep
+from cnnlab.sweep.results import TRIAL_REPORTS
 from cnnlab.sweep.storage import _driver_url
 
 REPO = Path(__file__).resolve().parents[2]
@@ -366,11 +371,6 @@ def test_best_trials_get_reports_links_resolve_and_best_toml_runs_from_anywhere(
     """The sweep report links each trial to a page or folder that exists (the best TRIAL_REPORTS
     trials get report.html, the others their run directory), and best.toml's data paths do not
     depend on the folder the sweep was started from."""
-    from html.parser import HTMLParser
-    from urllib.parse import unquote
-
-    from cnnlab.sweep.results import TRIAL_REPORTS
-
     monkeypatch.delenv("CNNLAB_REPORT")
     work = tmp_path / "work"
     work.mkdir()
@@ -382,16 +382,8 @@ def test_best_trials_get_reports_links_resolve_and_best_toml_runs_from_anywhere(
     assert all((d / "report.html").is_file() for d in ranked_dirs[:TRIAL_REPORTS])
     assert not any((d / "report.html").exists() for d in ranked_dirs[TRIAL_REPORTS:])  # drawn on demand
 
-    class Links(HTMLParser):
-        hrefs: list[str] = []
-
-        def handle_starttag(self, tag, attrs):
-            self.hrefs += [v for k, v in attrs if tag == "a" and k == "href"]
-
-    page = res.dir / "report.html"
-    links = Links()
-    links.feed(page.read_text())
-    local = [unquote(h.split("#")[0]) for h in links.hrefs if h and not h.startswith(("#", "http", "data:"))]
+    page = res.dir.resolve() / "report.html"
+    local = local_links(page)
     assert len(local) >= 4
     assert all((page.parent / h).exists() for h in local), [h for h in local if not (page.parent / h).exists()]
     assert sum(h.endswith("report.html") for h in local) >= TRIAL_REPORTS
@@ -399,7 +391,24 @@ def test_best_trials_get_reports_links_resolve_and_best_toml_runs_from_anywhere(
     best = res.dir.resolve() / "best.toml"
     text = best.read_text()
     assert f'root = "{(work / "data").resolve()}"' in text  # absolute: "data" was relative to work/
-    monkeypatch.chdir(tmp_path)  # elsewhere: the file still says where the data is
-    import tomllib
-
+    assert tomllib.loads(text)["report"]["enabled"] is True  # the sweep's speed-up (no trial reports) is not the experiment's
+    monkeypatch.chdir(tmp_path)  # elsewhere: the file still says where the data is ...
     assert tomllib.loads(text)["data"]["root"] == str((work / "data").resolve())
+    write_sweep_report(page.parent)  # ... and the page drawn again from here still links every trial
+    assert local_links(page) == local
+
+
+def local_links(page: Path) -> list[str]:
+    """The targets of the page's links that are files (relative, percent-decoded, fragment dropped)."""
+
+    class Links(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.hrefs: list[str] = []
+
+        def handle_starttag(self, tag, attrs):
+            self.hrefs += [v for k, v in attrs if tag == "a" and k == "href"]
+
+    links = Links()
+    links.feed(page.read_text())
+    return [unquote(h.split("#")[0]) for h in links.hrefs if h and not h.startswith(("#", "http", "data:"))]

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from .. import rundir as rd
 from ..errors import UserError
-from ..config import parse_toml
+from .._toml import parse_toml
 from ..lifecycle import read_status
 from ..registry import Registry
 from ..train.stats import read_stats

@@ -16,10 +16,10 @@ import importlib
 # (PEP 562), as cnnlab.__init__'s API is: `cnnlab runs --html` then loads the runs index and what it
 # imports, not the run report's torch and matplotlib. tests/test_imports.py follows this table.
 _API = {
-    "plots": "plots",
+    "plots": "plots", "fmt_param": "_style",
     "write_report": "run", "report_after_run": "run", "reports_enabled": "run", "RunReport": "run",
     "SECTIONS": "run", "FINDING_FIGURES": "run", "parameter_count": "run",
-    "write_sweep_report": "sweep", "read_sweep": "sweep", "is_sweep_dir": "sweep",
+    "write_sweep_report": "sweep", "trial_dir": "sweep", "read_sweep": "sweep", "is_sweep_dir": "sweep",
     "write_runs_index": "index",
     "compare_rows": "compare", "print_compare": "compare", "write_compare": "compare",
     "default_out_dir": "compare", "summarize": "compare",

@@ -31,9 +31,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
-# plots.PALETTE (Okabe & Ito 2008, colorblind-safe), copied: plots imports matplotlib at module
-# level, and a page's charts need neither its import time nor matplotlib itself for eight colors.
-PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+from ._style import PALETTE, fmt_param
+
 TRAIN, VAL, BEST, STOP, LR = PALETTE[0], PALETTE[1], PALETTE[2], PALETTE[7], PALETTE[4]  # as in plots.curves_figure
 
 NARROW_PX = 600  # container width (px) below which panels stack in one column: a phone's page
@@ -214,8 +213,8 @@ def params_chart(trials: Sequence[Mapping[str, Any]], params: Sequence[str], met
             logx = bool(xs) and min(xs) > 0 and (key in log or max(xs) / min(xs) >= 100)
             panel = _panel(text(key), text(metric), x_type="log" if logx else "linear", log_x=xs if logx else ())
         else:
-            labels = list(dict.fromkeys([*(str(v) for v in order.get(key, [])), *(value_label(v) for v, _, _ in pts)]))
-            xs = [text(value_label(v)) for v, _, _ in pts]
+            labels = list(dict.fromkeys([*(str(v) for v in order.get(key, [])), *(fmt_param(v) for v, _, _ in pts)]))
+            xs = [text(fmt_param(v)) for v, _, _ in pts]
             panel = _panel(text(key), text(metric), x_type="category", categories=[text(c) for c in labels])
         data.append({"type": "scatter", "mode": "markers", "name": text(key, LEGEND_LIMIT), "x": xs,
                      "y": [v for _, v, _ in pts], "xaxis": _ref("x", axis), "yaxis": _ref("y", axis),
@@ -293,19 +292,10 @@ def _param_keys(trials: Sequence[Mapping[str, Any]], metric: str) -> list[str]:
     return cols[cols.index("state") + 1: cols.index(metric)]
 
 
-def value_label(v: Any) -> str:
-    """A parameter value as the sweep table writes it."""
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return json.dumps(v) if isinstance(v, (list, dict)) else str(v)
-
-
 def _trial_hover(row: Mapping[str, Any], keys: Sequence[str], metric: str) -> str:
     stage = f" (stage {text(row['stage'])})" if row.get("stage") else ""
     lines = [f"trial {text(row.get('trial'))}{stage}", f"{text(metric)} {float(row[metric]):.4g}"]
-    lines += [f"{text(k)} = {text(value_label(row.get(k)))}" for k in keys]
+    lines += [f"{text(k)} = {text(fmt_param(row.get(k)))}" for k in keys]
     return "<br>".join(lines)
 
 

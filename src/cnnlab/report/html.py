@@ -2,7 +2,9 @@
 the cell types their tables understand, number formats and relative links.
 
 Escaping holds by construction: every value a template prints is HTML-escaped unless it is
-``Markup``, and only these templates make Markup (a rendered macro, section or figure). Run names,
+``Markup``. Markup comes from these templates (a rendered macro, section or figure) and from three
+places in Python that build no text of users: ``breakable`` (escapes first, then adds <wbr>),
+``Page.chart`` (a fragment of ``charts``, which escapes its own strings) and plotly.js. Run names,
 class names, file names, config values and diagnostics are passed as plain strings, so a class
 named ``<script>alert(1)</script>`` shows as that text on every page.
 

@@ -62,7 +62,8 @@ import torch
 import torch.distributed as tdist
 from matplotlib.figure import Figure
 
-from ..config import ExperimentConfig, flatten
+from .._toml import flatten
+from ..config import ExperimentConfig
 from ..errors import UserError
 from ..lifecycle import StopReason
 from ..rundir import CONFIG, DIAGNOSTICS, METRICS, REPORT, STEPS, TENSORBOARD, read_jsonl

@@ -21,9 +21,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from ..rundir import atomic_write_bytes
+from ._style import PALETTE
 
-# Okabe & Ito (2008), "Color Universal Design": black excluded, it is kept for text and marks.
-PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 HEATMAP_CMAP = "viridis"
 OVERLAY_CMAP = "inferno"  # saliency / Grad-CAM over a grey image
 DPI = 110  # PNG resolution: sharp on a laptop, a 6.4-inch-wide figure is ~700 px

@@ -32,7 +32,7 @@ import torch
 from markupsafe import Markup
 
 from .. import rundir as rd
-from ..config import flatten
+from .._toml import flatten
 from ..data import Augmenter, DataSplits, Normalizer, load_data
 from ..errors import UserError
 from ..experiment import load_config

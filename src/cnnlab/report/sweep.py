@@ -16,7 +16,8 @@ from markupsafe import Markup
 from .. import rundir as rd
 from ..errors import UserError
 from ._page import Page
-from .charts import objective_chart, params_chart, value_label
+from ._style import fmt_param
+from .charts import objective_chart, params_chart
 from .html import Hint, Lines, Link, Section, fmt, fmt_seconds, href, page_template, png_figure
 from .plots import sweep_history_figure, sweep_params_figure
 
@@ -172,7 +173,7 @@ def _ranking_table(ranked: list[dict[str, Any]], keys: list[str], metric: str, s
     for i, r in enumerate(ranked, 1):
         std = r.get(metric + ".std")
         val = fmt(r[metric]) + (f" ± {fmt(std)}" if (r.get("repeats") or 1) > 1 and std is not None else "")
-        params = [_param(r.get(k)) for k in keys]
+        params = [fmt_param(r.get(k)) for k in keys]
         body.append([str(i), *([r.get("stage") or "-"] if staged else []), str(r["trial"]),
                      *(params if own else [Lines(tuple(f"{labels[k]} = {v}" for k, v in zip(keys, params)))] if keys
                        else []),
@@ -196,7 +197,7 @@ def _short_keys(keys: list[str]) -> dict[str, str]:
 
 def _run_links(row: dict[str, Any], sweep_dir: Path) -> list[Link] | str:
     """A link to each run directory of a trial (one per repeat): its report when it has one."""
-    dirs = [_trial_dir(Path(d), sweep_dir) for d in str(row.get("run_dir") or "").split(";") if d]
+    dirs = [trial_dir(Path(d), sweep_dir) for d in str(row.get("run_dir") or "").split(";") if d]
     links = []
     for i, p in enumerate(dirs, 1):
         has_report = (p / rd.REPORT).exists()
@@ -205,7 +206,7 @@ def _run_links(row: dict[str, Any], sweep_dir: Path) -> list[Link] | str:
     return links or "-"
 
 
-def _trial_dir(p: Path, sweep_dir: Path) -> Path:
+def trial_dir(p: Path, sweep_dir: Path) -> Path:
     """A trial's run directory as results.csv names it, or, where that path does not lead to it
     (written relative to another working directory, or the sweep folder was moved), the same
     trials/<name>/<timestamp> inside this sweep directory."""
@@ -213,14 +214,6 @@ def _trial_dir(p: Path, sweep_dir: Path) -> Path:
         return p
     here = sweep_dir / rd.SWEEP_TRIALS / p.parent.name / p.name
     return here if here.is_dir() else p
-
-
-def _param(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return json.dumps(v) if isinstance(v, (list, dict)) else str(v)
 
 
 def _space_axes(cfg: dict[str, Any]) -> tuple[set[str], dict[str, list[str]]]:
@@ -235,7 +228,7 @@ def _space_axes(cfg: dict[str, Any]) -> tuple[set[str], dict[str, list[str]]]:
             key = f"{prefix}{k}"
             if isinstance(v, list):
                 if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
-                    order[key] = [value_label(x) for x in v]
+                    order[key] = [fmt_param(x) for x in v]
             elif isinstance(v, dict) and "low" in v:
                 if v.get("log"):
                     log.add(key)

@@ -18,17 +18,17 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import rundir as rd
-from ..report import plots, reports_enabled, write_report, write_sweep_report
-from .space import SUMMARY_METRICS, SweepContext, fmt_value, pm, say
+from ..report import fmt_param, plots, reports_enabled, trial_dir, write_report, write_sweep_report
+from .space import SUMMARY_METRICS, SweepContext, pm, say
 from .storage import REQUEUED, open_storage, was_requeued
 
 # The best trials get report.html at the sweep's end; the others are linked to their run directory
 # (`cnnlab report TRIAL_DIR` draws one on demand). A report can cost more than a short trial's
 # training (10 s on CIFAR-10 against 3 s), so a report per trial would slow a 50-trial sweep by minutes.
 TRIAL_REPORTS = 3
-# Data paths in best.toml are written absolute: a relative one is relative to wherever the sweep
-# was started, so `cnnlab run .../best.toml` from anywhere else would not find the data.
-_DATA_PATH_KEYS = ("root", "path")
+# Paths in best.toml are written absolute: a relative one is relative to wherever the sweep was
+# started, so `cnnlab run .../best.toml` from anywhere else would not find the data or the weights.
+_PATH_KEYS = (("data", "root"), ("data", "path"), ("transfer", "init_from"), ("transfer", "weights_path"))
 
 
 @dataclass
@@ -109,14 +109,16 @@ def finalize(ctx: SweepContext) -> SweepResult:
     if best is not None and best.get("_config"):
         cfg = tomllib.loads(best["_config"])
         cfg["name"] = f"{ctx.cfg.name}_best"
-        data = cfg.get("data", {})
-        for key in _DATA_PATH_KEYS:
-            if isinstance(data.get(key), str):
-                data[key] = str(Path(data[key]).expanduser().resolve())
+        for table, key in _PATH_KEYS:
+            section = cfg.get(table, {})
+            if isinstance(section.get(key), str) and section[key]:
+                section[key] = str(Path(section[key]).expanduser().resolve())
+        if ctx.overrides.get("report.enabled") is False:  # the sweep's own speed-up, not the experiment's choice
+            cfg.setdefault("report", {})["enabled"] = True  # the default the experiment left as it was
         header = (f"# Best trial of sweep {ctx.cfg.name!r} ({ctx.dir}): trial {best.get('stage', '')}"
                   f"{'/' if best.get('stage') else ''}{best['trial']}, {metric} {best[metric]:.4f}.\n"
                   f"#   cnnlab run {(ctx.dir / rd.SWEEP_BEST).resolve()}\n"
-                  f"# Data paths are absolute (resolved where the sweep ran).\n")
+                  f"# Data and weight paths are absolute (resolved where the sweep ran).\n")
         rd.atomic_write_text(ctx.dir / rd.SWEEP_BEST, header + tomli_w.dumps(cfg))
     table = _ranking_markdown(ctx, ranked, keys, len(rows))
     rd.atomic_write_text(ctx.dir / rd.SWEEP_RANKING, table)
@@ -142,8 +144,9 @@ def _trial_reports(ctx: SweepContext, ranked: list[dict[str, Any]]) -> None:
     ``[report] enabled = false`` itself gets none. Never raises: a finished sweep stays finished."""
     if ctx.overrides.get("report.enabled") is not False:
         return
-    todo = [Path(d) for r in ranked[:TRIAL_REPORTS] for d in str(r.get("run_dir") or "").split(";")
-            if d and rd.is_run_dir(Path(d)) and not (Path(d) / rd.REPORT).exists()]  # another machine's: skipped
+    # results.csv's paths are relative to where each session of the sweep ran: trial_dir finds them here.
+    dirs = [trial_dir(Path(d), ctx.dir) for r in ranked[:TRIAL_REPORTS] for d in str(r.get("run_dir") or "").split(";") if d]
+    todo = [d for d in dirs if rd.is_run_dir(d) and not (d / rd.REPORT).exists()]  # another machine's: skipped
     if todo:
         say(ctx, f"writing the reports of the best {min(TRIAL_REPORTS, len(ranked))} trials ({len(todo)} run directories) …")
     for d in todo:
@@ -160,7 +163,7 @@ def _table_rows(ctx: SweepContext, ranked: list[dict], keys: list[str]) -> tuple
             metric + (" (mean ± std)" if rep > 1 else ""), *[m for m in SUMMARY_METRICS if m != metric], "seconds"]
     body = []
     for i, r in enumerate(ranked, 1):
-        body.append([str(i), *([r["stage"]] if staged else []), str(r["trial"]), *[fmt_value(r[k]) for k in keys],
+        body.append([str(i), *([r["stage"]] if staged else []), str(r["trial"]), *[fmt_param(r[k]) for k in keys],
                      pm(r[metric], r.get(metric + ".std"), rep),
                      *[pm(r.get(m), None, 1) for m in SUMMARY_METRICS if m != metric],
                      f"{r['seconds']:.1f}" if r.get("seconds") is not None else "-"])
@@ -223,9 +226,9 @@ def _figures(ctx: SweepContext, rows: list[dict], ranked: list[dict], studies: d
     # sweep file's order.
     ranges = {p.key: p for s in ctx.stages for p in s.params}
     log = {k for k in keys if ranges[k].spec is not None and ranges[k].spec.log}
-    order = {k: list(dict.fromkeys(fmt_value(ranges[k].decode(c)) for c in ranges[k].choices))
+    order = {k: list(dict.fromkeys(fmt_param(ranges[k].decode(c)) for c in ranges[k].choices))
              for k in keys if ranges[k].spec is None}
-    params = {k: [fmt_value(r[k]) if k in order else r[k] for r in done] for k in keys}
+    params = {k: [fmt_param(r[k]) if k in order else r[k] for r in done] for k in keys}
     save(plots.sweep_params_figure(params, values, metric, log, order), "sweep_params.png")
 
     # Parameter importance (Optuna's fANOVA) for every study that searches two or more keys.

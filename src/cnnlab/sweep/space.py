@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .. import rundir as rd
-from ..config import apply_overrides, check_name, check_path, flatten, parse_override, read_toml, validation_message
+from .._toml import flatten, read_toml
+from ..config import apply_overrides, check_name, check_path, parse_override, validation_message
 from ..errors import RunFailure, UserError, shown
 from ..experiment import load_config, validate_config
 from ..registry import Registry
+from ..report import fmt_param
 
 if TYPE_CHECKING:
     import optuna
@@ -550,15 +552,7 @@ def say(ctx: SweepContext, msg: str) -> None:
 
 
 def fmt_params(params: dict[str, Any]) -> str:
-    return " ".join(f"{k}={fmt_value(v)}" for k, v in params.items())
-
-
-def fmt_value(v: Any) -> str:
-    if v is None:  # a key of a later stage: not searched yet, the experiment's own value applies
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+    return " ".join(f"{k}={fmt_param(v)}" for k, v in params.items())
 
 
 def pm(mean: float | None, std: float | None, repeats: int) -> str:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from .._progress import fmt_duration
+from .._progress import fmt_duration, is_terminal
 from ..errors import UserError
 from ..lifecycle import Stop, StopReason
 from ..registry import Registry
@@ -441,7 +441,7 @@ class Progress(Callback):
         self.epochs = epochs
         self.enabled = enabled
         self.stream = stream or sys.stdout
-        self.tty = enabled and self.stream.isatty()
+        self.tty = enabled and is_terminal(self.stream)
         self.early_stopping = early_stopping
         self.eta = RunEta(epochs, clock)
         self._bar = None
