@@ -25,7 +25,7 @@ import pytest
 from cnnlab.cli import main
 from cnnlab.report import write_sweep_report
 from cnnlab.sweep import sweep as run_sweep
-from cnnlab.sweep.results import TRIAL_REPORTS
+from cnnlab.sweep.results import TRIAL_REPORTS, absolute_paths
 from cnnlab.sweep.storage import _driver_url
 
 REPO = Path(__file__).resolve().parents[2]
@@ -412,3 +412,16 @@ def local_links(page: Path) -> list[str]:
     links = Links()
     links.feed(page.read_text())
     return [unquote(h.split("#")[0]) for h in links.hrefs if h and not h.startswith(("#", "http", "data:"))]
+
+
+def test_best_toml_paths_are_absolute_but_pretrained_names_stay_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "src").mkdir(parents=True)
+    cfg = {"data": {"root": "data", "path": "imgs.tar"}, "transfer": {"init_from": "runs/src", "weights_path": "w.pt"}}
+    absolute_paths(cfg)
+    assert cfg == {"data": {"root": str(tmp_path / "data"), "path": str(tmp_path / "imgs.tar")},
+                   "transfer": {"init_from": str(tmp_path / "runs" / "src"), "weights_path": str(tmp_path / "w.pt")}}
+    for name in ("torchvision:resnet18", "timm:resnet18", "resnet18"):
+        cfg = {"transfer": {"init_from": name}}
+        absolute_paths(cfg)
+        assert cfg == {"transfer": {"init_from": name}}

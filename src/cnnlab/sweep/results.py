@@ -28,7 +28,9 @@ from .storage import REQUEUED, open_storage, was_requeued
 TRIAL_REPORTS = 3
 # Paths in best.toml are written absolute: a relative one is relative to wherever the sweep was
 # started, so `cnnlab run .../best.toml` from anywhere else would not find the data or the weights.
-_PATH_KEYS = (("data", "root"), ("data", "path"), ("transfer", "init_from"), ("transfer", "weights_path"))
+_PATH_KEYS = (("data", "root"), ("data", "path"), ("transfer", "weights_path"))
+# A path when something exists there, else a pretrained model's name (as transfer.load_source reads it).
+_PATH_OR_NAME_KEYS = (("transfer", "init_from"),)
 
 
 @dataclass
@@ -109,10 +111,7 @@ def finalize(ctx: SweepContext) -> SweepResult:
     if best is not None and best.get("_config"):
         cfg = tomllib.loads(best["_config"])
         cfg["name"] = f"{ctx.cfg.name}_best"
-        for table, key in _PATH_KEYS:
-            section = cfg.get(table, {})
-            if isinstance(section.get(key), str) and section[key]:
-                section[key] = str(Path(section[key]).expanduser().resolve())
+        absolute_paths(cfg)
         if ctx.overrides.get("report.enabled") is False:  # the sweep's own speed-up, not the experiment's choice
             cfg.setdefault("report", {})["enabled"] = True  # the default the experiment left as it was
         header = (f"# Best trial of sweep {ctx.cfg.name!r} ({ctx.dir}): trial {best.get('stage', '')}"
@@ -136,6 +135,18 @@ def finalize(ctx: SweepContext) -> SweepResult:
             say(ctx, f"warning: sweep report not written: {type(e).__name__}: {e}")
     return SweepResult(ctx.dir, out, [{k: v for k, v in r.items() if not k.startswith("_")} for r in ranked],
                        {k: v for k, v in best.items() if not k.startswith("_")} if best else None)
+
+
+def absolute_paths(cfg: dict[str, Any]) -> None:
+    """Make the paths of a resolved experiment (a dict, changed in place) absolute, resolved in the
+    current folder; a ``transfer.init_from`` that names no existing path (``torchvision:resnet18``)
+    is a name and stays as it is."""
+    for keys, only_existing in ((_PATH_KEYS, False), (_PATH_OR_NAME_KEYS, True)):
+        for table, key in keys:
+            section = cfg.get(table, {})
+            value = section.get(key)
+            if isinstance(value, str) and value and (not only_existing or Path(value).expanduser().exists()):
+                section[key] = str(Path(value).expanduser().resolve())
 
 
 def _trial_reports(ctx: SweepContext, ranked: list[dict[str, Any]]) -> None:
